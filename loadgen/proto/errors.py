@@ -1,0 +1,44 @@
+"""The two sides of a protocol error (after h11).
+
+``LocalProtocolError`` is our own bug or misuse of a state machine.
+``RemoteProtocolError`` is the peer's fault: a finding that the engine counts
+and reports.  ``BadPacketError`` is the only exception that functions whose
+names end in ``_untrusted`` may raise.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthRejectedError",
+    "BadPacketError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class ProtocolError(Exception):
+    """Base of every protocol error raised by ``loadgen.proto``."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We broke the protocol or misused a state machine (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class BadPacketError(RemoteProtocolError):
+    """Bytes from the network could not be parsed (raised by ``*_untrusted``)."""
+
+
+class AuthRejectedError(RemoteProtocolError):
+    """The gateway refused the credentials (401, ``<error>``, or a repeated form).
+
+    ``message`` is the gateway's text, which never contains our secrets.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
