@@ -10,7 +10,9 @@ from __future__ import annotations
 
 __all__ = [
     "AuthRejectedError",
+    "AuthUnsupportedError",
     "BadPacketError",
+    "GroupUnknownError",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -42,3 +44,17 @@ class AuthRejectedError(RemoteProtocolError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AuthUnsupportedError(RemoteProtocolError):
+    """The gateway asked for something a synthetic client cannot give
+    (single sign-on, HostScan/CSD, a certificate, a form field we have no value for)."""
+
+
+class GroupUnknownError(ProtocolError):
+    """The wanted group is neither a name nor an alias in the gateway's ``group_list``."""
+
+    def __init__(self, wanted: str, available: list[str]) -> None:
+        super().__init__(f"group {wanted!r} not offered; the gateway offers {available}")
+        self.wanted = wanted
+        self.available = available
