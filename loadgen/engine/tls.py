@@ -1,0 +1,163 @@
+"""TLS for phase 1 and the downloader: contexts, pins, and error translation.
+
+Verification is strict by default (system store or ``--cafile``, host name or
+IP checked).  ``--servercert`` pins the gateway instead of trusting a CA, as
+openconnect's option does; ``--insecure`` turns checks off only when asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import errno
+import hashlib
+import hmac
+import socket
+import ssl
+from dataclasses import dataclass
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from loadgen.failures import Phase, Reason, SessionFailedError
+
+__all__ = [
+    "CertPin",
+    "TlsOptions",
+    "build_client_context",
+    "check_pin",
+    "classify_transport_error",
+    "parse_pin",
+]
+
+
+class PinKind(enum.Enum):
+    #: openconnect: SHA-256 of the SubjectPublicKeyInfo, base64
+    SPKI_SHA256 = "pin-sha256"
+    #: AnyConnect: SHA-1 of the DER certificate, hex
+    CERT_SHA1 = "sha1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertPin:
+    kind: PinKind
+    digest: bytes
+
+    def __str__(self) -> str:
+        if self.kind is PinKind.SPKI_SHA256:
+            return "pin-sha256:" + base64.b64encode(self.digest).decode()
+        return "sha1:" + self.digest.hex().upper()
+
+
+def parse_pin(text: str) -> CertPin:
+    """Parse ``pin-sha256:BASE64`` or ``sha1:HEX`` (colons inside HEX allowed)."""
+    kind_text, sep, value = text.strip().partition(":")
+    if not sep:
+        raise ValueError("a pin is 'pin-sha256:BASE64' or 'sha1:HEX'")
+    if kind_text.lower() == "pin-sha256":
+        try:
+            digest = base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise ValueError("pin-sha256 value is not base64") from exc
+        if len(digest) != 32:
+            raise ValueError("pin-sha256 must decode to 32 bytes")
+        return CertPin(kind=PinKind.SPKI_SHA256, digest=digest)
+    if kind_text.lower() == "sha1":
+        hex_text = value.replace(":", "").strip()
+        try:
+            digest = bytes.fromhex(hex_text)
+        except ValueError as exc:
+            raise ValueError("sha1 pin is not hex") from exc
+        if len(digest) != 20:
+            raise ValueError("sha1 pin must be 40 hex digits")
+        return CertPin(kind=PinKind.CERT_SHA1, digest=digest)
+    raise ValueError(f"unknown pin type {kind_text!r}; use pin-sha256: or sha1:")
+
+
+def cert_pins(der: bytes) -> tuple[CertPin, CertPin]:
+    """Both pins of a DER certificate (SPKI SHA-256, certificate SHA-1)."""
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return (
+        CertPin(kind=PinKind.SPKI_SHA256, digest=hashlib.sha256(spki).digest()),
+        CertPin(kind=PinKind.CERT_SHA1, digest=hashlib.sha1(der).digest()),
+    )
+
+
+def check_pin(pin: CertPin, der: bytes | None) -> None:
+    """Raise SessionFailedError(tls, tls_verify) unless the certificate matches."""
+    if der is None:
+        raise SessionFailedError(Phase.TLS, Reason.TLS_VERIFY, "gateway sent no certificate")
+    spki_pin, sha1_pin = cert_pins(der)
+    actual = spki_pin if pin.kind is PinKind.SPKI_SHA256 else sha1_pin
+    if not hmac.compare_digest(actual.digest, pin.digest):
+        raise SessionFailedError(
+            Phase.TLS,
+            Reason.TLS_VERIFY,
+            f"server certificate does not match the pin (it is {actual})",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsOptions:
+    cafile: str | None = None
+    servername: str | None = None
+    pin: CertPin | None = None
+    insecure: bool = False
+
+
+def build_client_context(opts: TlsOptions) -> ssl.SSLContext:
+    """One context per run: sessions share it, so its CA store is loaded once."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=opts.cafile)
+    if opts.pin is not None or opts.insecure:
+        # The pin replaces CA trust (checked after the handshake); insecure
+        # replaces everything.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    # Never offer ALPN: Cisco gateways do not expect it (§1).
+    return ctx
+
+
+def classify_transport_error(exc: BaseException) -> tuple[Reason, str]:
+    """Map a transport exception to a failure reason and a safe message."""
+    if isinstance(exc, trio.TooSlowError):
+        return Reason.TIMEOUT, "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return Reason.TLS_HANDSHAKE, f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return Reason.UNREACHABLE, f"cannot resolve host: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.REFUSED, "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return Reason.RESET, "connection reset by peer"
+    if isinstance(exc, trio.BrokenResourceError):
+        cause = exc.__cause__
+        if isinstance(cause, BaseException) and not isinstance(cause, trio.BrokenResourceError):
+            return classify_transport_error(cause)
+        return Reason.RESET, "connection broken"
+    if isinstance(exc, trio.ClosedResourceError):
+        return Reason.CLOSED, "connection closed"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS):
+            return Reason.RESOURCE, f"local resource exhausted: {exc.strerror}"
+        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
+            return Reason.UNREACHABLE, f"unreachable: {exc.strerror}"
+        if exc.errno == errno.ETIMEDOUT:
+            return Reason.TIMEOUT, "connect timed out"
+        if exc.errno == errno.ECONNREFUSED:
+            return Reason.REFUSED, "connection refused"
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+            return Reason.RESET, "connection reset by peer"
+        # trio.open_tcp_stream wraps every failed attempt in an ExceptionGroup
+        cause = exc.__cause__
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            return classify_transport_error(cause.exceptions[0])
+        if isinstance(cause, OSError):
+            return classify_transport_error(cause)
+        return Reason.UNREACHABLE, f"network error: {exc.strerror or exc}"
+    return Reason.INTERNAL, f"{type(exc).__name__}"

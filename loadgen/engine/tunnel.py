@@ -1,0 +1,285 @@
+"""The CSTP tunnel of one session: reader, timers, echo and DPD over trio.
+
+The sans-IO ``CstpConnection`` decides what to send and when; this module
+only moves its frames.  Each frame is written with its own ``send_all`` so it
+travels in one TLS record, as ocserv and openconnect require (§5.1).
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+import trio
+
+from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.proto import cstp
+from loadgen.proto.errors import BadPacketError
+from loadgen.proto.packets import (
+    build_icmp_echo_request,
+    parse_icmp_untrusted,
+    parse_ipv4_untrusted,
+)
+from loadgen.proto.tunnel import TunnelParams
+
+__all__ = ["CstpTunnel", "EchoResult"]
+
+RECEIVE_CHUNK = 65536
+ICMP_PROTOCOL = 1
+ICMP_ECHO_REPLY = 0
+#: echo payload: our 8-byte send stamp id, then padding
+_ECHO_STAMP = struct.Struct("!Q")
+
+
+@dataclass
+class EchoResult:
+    sent: int = 0
+    received: int = 0
+    rtts_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    sent_at: float
+    done: trio.Event = field(default_factory=trio.Event)
+    rtt_s: float | None = None
+
+
+class CstpTunnel:
+    """Runs one CSTP channel until stopped, disconnected or ended by the gateway."""
+
+    def __init__(
+        self,
+        stream: trio.SSLStream[trio.SocketStream],
+        params: TunnelParams,
+        *,
+        random_bytes: Callable[[int], bytes],
+    ) -> None:
+        self.stream = stream
+        self.params = params
+        self._random = random_bytes
+        now = trio.current_time()
+        self.conn = cstp.CstpConnection(
+            "client",
+            dpd_s=float(params.cstp_dpd_s or 0),
+            keepalive_s=float(params.cstp_keepalive_s or 0),
+            now=now,
+        )
+        self._send_lock = trio.Lock()
+        self._wakeup = trio.Event()
+        self._scope = trio.CancelScope()
+        self._pending: dict[int, _Pending] = {}
+        self._dpd_waiters: dict[bytes, _Pending] = {}
+        self._ident = int.from_bytes(random_bytes(2), "big")
+        self._seq = 0
+        self._stamp = int.from_bytes(random_bytes(4), "big") << 32
+        #: why the tunnel ended, when it did
+        self.ended: SessionFailedError | None = None
+        self.ended_event = trio.Event()
+        self.dropped_packets = 0
+
+    @property
+    def address(self) -> IPv4Address:
+        if self.params.address is None:
+            raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, "no IPv4 tunnel address")
+        return IPv4Address(str(self.params.address))
+
+    # -- tasks ---------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery, leftover: bytes) -> None:
+        if leftover:
+            self.conn.receive_data(leftover, trio.current_time())
+        nursery.start_soon(self._run)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    async def _run(self) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, self._reader)
+                nursery.start_soon(self._guarded, self._timers)
+        self._end(SessionFailedError(Phase.TUNNEL, Reason.CANCELLED, "tunnel stopped"))
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        # Expected endings are outcomes, not crashes: record and stop.
+        try:
+            await task()
+        except SessionFailedError as exc:
+            self._end(exc)
+
+    def _end(self, failure: SessionFailedError) -> None:
+        if self.ended is None:
+            self.ended = failure
+        self.ended_event.set()
+        for waiter in [*self._pending.values(), *self._dpd_waiters.values()]:
+            waiter.done.set()
+        self._scope.cancel()
+
+    async def _reader(self) -> None:
+        # bytes that came with the CONNECT response may hold frames already
+        self._handle_events()
+        await self._flush()
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
+                raise SessionFailedError(
+                    Phase.TUNNEL, Reason.RESET, "TLS connection broken under the tunnel"
+                ) from None
+            if not data:
+                raise SessionFailedError(
+                    Phase.TUNNEL, Reason.CLOSED, "gateway closed the TLS connection"
+                )
+            try:
+                self.conn.receive_data(data, trio.current_time())
+            except BadPacketError as exc:
+                raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, str(exc)) from exc
+            self._handle_events()
+            await self._flush()
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = self.conn.get_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            self.conn.handle_timer(trio.current_time())
+            self._handle_events()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            for frame in self.conn.frames_to_send():
+                try:
+                    await self.stream.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise SessionFailedError(
+                        Phase.TUNNEL, Reason.RESET, "TLS connection broken under the tunnel"
+                    ) from exc
+        # a send may move the keepalive timer
+        self._wakeup.set()
+
+    def _handle_events(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, cstp.PacketReceived):
+                self._on_packet(event.data)
+            elif isinstance(event, cstp.DpdResponseReceived):
+                waiter = self._dpd_waiters.pop(event.payload, None)
+                if waiter is not None:
+                    waiter.rtt_s = trio.current_time() - waiter.sent_at
+                    waiter.done.set()
+            elif isinstance(event, (cstp.DisconnectReceived, cstp.TerminateReceived)):
+                raise SessionFailedError(
+                    Phase.TUNNEL, Reason.TERMINATED, "gateway ended the tunnel"
+                )
+            elif isinstance(event, cstp.PeerDead):
+                raise SessionFailedError(
+                    Phase.TUNNEL, Reason.TERMINATED, "dead peer detection: gateway silent"
+                )
+
+    # -- data ----------------------------------------------------------------
+
+    def _on_packet(self, data: bytes) -> None:
+        try:
+            ip = parse_ipv4_untrusted(data)
+            if ip.protocol != ICMP_PROTOCOL:
+                self.dropped_packets += 1
+                return
+            icmp = parse_icmp_untrusted(ip)
+        except BadPacketError:
+            self.dropped_packets += 1
+            return
+        if icmp.type != ICMP_ECHO_REPLY or icmp.ident != self._ident:
+            self.dropped_packets += 1
+            return
+        if len(icmp.data) < _ECHO_STAMP.size:
+            self.dropped_packets += 1
+            return
+        (stamp,) = _ECHO_STAMP.unpack_from(icmp.data)
+        pending = self._pending.get(stamp)
+        if pending is None or pending.done.is_set():
+            self.dropped_packets += 1
+            return
+        pending.rtt_s = trio.current_time() - pending.sent_at
+        pending.done.set()
+
+    async def send_ip(self, packet: bytes) -> None:
+        self._check_alive()
+        self.conn.send_packet(packet, trio.current_time())
+        await self._flush()
+
+    def _check_alive(self) -> None:
+        if self.ended is not None:
+            raise self.ended
+
+    async def echo(
+        self,
+        target: IPv4Address,
+        *,
+        count: int,
+        interval_s: float,
+        timeout_s: float,
+        payload_bytes: int = 56,
+    ) -> EchoResult:
+        """Send ``count`` ICMP echo requests; replies are matched by a stamp."""
+        result = EchoResult()
+        payload_bytes = max(payload_bytes, _ECHO_STAMP.size)
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                if i:
+                    await trio.sleep(interval_s)
+                self._check_alive()
+                self._seq = (self._seq + 1) & 0xFFFF
+                self._stamp += 1
+                pending = _Pending(sent_at=trio.current_time())
+                self._pending[self._stamp] = pending
+                data = _ECHO_STAMP.pack(self._stamp) + bytes(payload_bytes - _ECHO_STAMP.size)
+                packet = build_icmp_echo_request(
+                    src=self.address, dst=target, ident=self._ident, seq=self._seq, payload=data
+                )
+                await self.send_ip(packet)
+                result.sent += 1
+                nursery.start_soon(self._await_echo, self._stamp, pending, timeout_s, result)
+        self._check_alive()
+        return result
+
+    async def _await_echo(
+        self, stamp: int, pending: _Pending, timeout_s: float, result: EchoResult
+    ) -> None:
+        with trio.move_on_after(timeout_s):
+            await pending.done.wait()
+        self._pending.pop(stamp, None)
+        if pending.rtt_s is not None:
+            result.received += 1
+            result.rtts_s.append(pending.rtt_s)
+
+    async def dpd_probe(self, timeout_s: float) -> float | None:
+        """One DPD-REQ over CSTP; the round trip in seconds, or None if unanswered."""
+        self._check_alive()
+        payload = self._random(8)
+        waiter = _Pending(sent_at=trio.current_time())
+        self._dpd_waiters[payload] = waiter
+        self.conn.send_dpd_request(payload, trio.current_time())
+        await self._flush()
+        with trio.move_on_after(timeout_s):
+            await waiter.done.wait()
+        self._dpd_waiters.pop(payload, None)
+        self._check_alive()
+        return waiter.rtt_s
+
+    async def disconnect(self, reason: cstp.DisconnectReason | None) -> None:
+        """Send DISCONNECT (bounded, shielded) and stop the tunnel tasks."""
+        if self.ended is None:
+            with trio.move_on_after(2.0) as scope:
+                scope.shield = True
+                try:
+                    self.conn.send_disconnect(reason, "", trio.current_time())
+                    await self._flush()
+                except SessionFailedError:
+                    pass
+        self.stop()
