@@ -128,7 +128,7 @@ def classify_transport_error(exc: BaseException) -> tuple[Reason, str]:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return Reason.TLS_HANDSHAKE, f"TLS error: {exc.reason or exc}"
+        return Reason.TLS_HANDSHAKE, f"TLS error: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, socket.gaierror):
         return Reason.UNREACHABLE, f"cannot resolve host: {exc.strerror}"
     if isinstance(exc, ConnectionRefusedError):

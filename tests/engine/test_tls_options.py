@@ -1,0 +1,123 @@
+"""Certificate pins, contexts and transport error classification."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import errno
+import hashlib
+import ssl
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from loadgen.engine.tls import (
+    PinKind,
+    TlsOptions,
+    build_client_context,
+    cert_pins,
+    check_pin,
+    classify_transport_error,
+    parse_pin,
+)
+from loadgen.engine.url import parse_gateway_url
+from loadgen.failures import Reason, SessionFailedError
+
+
+def _self_signed_der() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_pins_match_independent_computation() -> None:
+    der = _self_signed_der()
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    spki_pin, sha1_pin = cert_pins(der)
+    assert str(spki_pin) == "pin-sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    assert str(sha1_pin) == "sha1:" + hashlib.sha1(der).hexdigest().upper()
+    # both spellings are accepted and round trip
+    assert parse_pin(str(spki_pin)) == spki_pin
+    assert parse_pin(str(sha1_pin).lower()) == sha1_pin
+    check_pin(spki_pin, der)
+    check_pin(sha1_pin, der)
+
+
+def test_sha1_pin_with_colons() -> None:
+    digest = hashlib.sha1(b"x").hexdigest().upper()
+    pin = parse_pin("sha1:" + ":".join(digest[i : i + 2] for i in range(0, 40, 2)))
+    assert pin.kind is PinKind.CERT_SHA1 and pin.digest.hex().upper() == digest
+
+
+def test_wrong_pin_is_tls_verify() -> None:
+    der = _self_signed_der()
+    other = cert_pins(_self_signed_der())[0]
+    with pytest.raises(SessionFailedError) as info:
+        check_pin(other, der)
+    assert info.value.reason is Reason.TLS_VERIFY
+
+
+@pytest.mark.parametrize(
+    "text", ["", "md5:00", "sha1:zz", "sha1:00", "pin-sha256:!!!", "pin-sha256:AAAA"]
+)
+def test_bad_pins_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pin(text)
+
+
+def test_context_is_strict_by_default_and_relaxed_only_when_asked() -> None:
+    strict = build_client_context(TlsOptions())
+    assert strict.verify_mode is ssl.CERT_REQUIRED and strict.check_hostname
+    pinned = build_client_context(TlsOptions(pin=parse_pin("sha1:" + "00" * 20)))
+    assert pinned.verify_mode is ssl.CERT_NONE
+    insecure = build_client_context(TlsOptions(insecure=True))
+    assert insecure.verify_mode is ssl.CERT_NONE
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "x"), Reason.REFUSED),
+        (ConnectionResetError(errno.ECONNRESET, "x"), Reason.RESET),
+        (OSError(errno.EMFILE, "too many"), Reason.RESOURCE),
+        (OSError(errno.ENETUNREACH, "x"), Reason.UNREACHABLE),
+        (trio.TooSlowError(), Reason.TIMEOUT),
+        (ssl.SSLError(1, "alert"), Reason.TLS_HANDSHAKE),
+        (ValueError("bug"), Reason.INTERNAL),
+    ],
+)
+def test_transport_errors_are_classified(exc: BaseException, reason: Reason) -> None:
+    assert classify_transport_error(exc)[0] is reason
+
+
+def test_trio_connect_failure_group_is_unwrapped() -> None:
+    outer = OSError("all attempts to connect failed")
+    outer.__cause__ = ExceptionGroup("x", [ConnectionRefusedError(errno.ECONNREFUSED, "no")])
+    assert classify_transport_error(outer)[0] is Reason.REFUSED
+
+
+def test_gateway_urls() -> None:
+    u = parse_gateway_url("https://127.0.0.1:4443/")
+    assert (u.host, u.port, u.host_header, u.url) == ("127.0.0.1", 4443, "127.0.0.1:4443", "https://127.0.0.1:4443/")
+    assert parse_gateway_url("vpn.example.com/Eng").host_header == "vpn.example.com"
+    assert parse_gateway_url("https://[::1]:443/").host_header == "[::1]"
+    with pytest.raises(ValueError):
+        parse_gateway_url("http://vpn.example.com/")
