@@ -1,0 +1,1 @@
+"""Test infrastructure: private network namespaces, throw-away PKI, the real ocserv."""
