@@ -223,7 +223,7 @@ class VpnSession:
         flow: auth.AuthFlow, phase: Phase, resp: HttpResponse
     ) -> auth.AuthRequest | auth.AuthComplete:
         try:
-            return flow.receive(resp.status, resp.body)
+            return flow.receive(resp.status, resp.body, reason=resp.reason)
         except AuthRejectedError as exc:
             raise SessionFailedError(Phase.AUTH, Reason.AUTH_REJECTED, str(exc)) from exc
         except GroupUnknownError as exc:
@@ -243,7 +243,7 @@ class VpnSession:
         """(uri, expected SHA-1 hex) from the XML manifest or the webvpnc cookie (§2.6)."""
         assert self._complete is not None
         for entry in self._complete.profiles:
-            return entry.uri, entry.sha1
+            return entry.uri, entry.sha1_hex
         webvpnc = self.jar.get("webvpnc")
         if webvpnc:
             fields = dict(
