@@ -135,10 +135,7 @@ class CstpTunnel:
                 raise SessionFailedError(
                     Phase.TUNNEL, Reason.CLOSED, "gateway closed the TLS connection"
                 )
-            try:
-                self.conn.receive_data(data, trio.current_time())
-            except BadPacketError as exc:
-                raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, str(exc)) from exc
+            self.conn.receive_data(data, trio.current_time())
             self._handle_events()
             await self._flush()
 
@@ -165,7 +162,13 @@ class CstpTunnel:
         self._wakeup.set()
 
     def _handle_events(self) -> None:
-        while (event := self.conn.next_event()) is not None:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except BadPacketError as exc:
+                raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, str(exc)) from exc
+            if event is None:
+                return
             if isinstance(event, cstp.PacketReceived):
                 self._on_packet(event.data)
             elif isinstance(event, cstp.DpdResponseReceived):
