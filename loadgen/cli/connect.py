@@ -42,7 +42,9 @@ def add_parser(sub: Any) -> None:
             "Exit status: 0 session ok, 1 session failed, 2 bad usage."
         ),
     )
-    p.add_argument("url", help="gateway URL, e.g. https://vpn.example.com/ or https://127.0.0.1:4443/")
+    p.add_argument(
+        "url", help="gateway URL, e.g. https://vpn.example.com/ or https://127.0.0.1:4443/"
+    )
     cred = p.add_argument_group("credentials")
     cred.add_argument("-u", "--user", default="", help="user name")
     cred.add_argument(
@@ -50,11 +52,15 @@ def add_parser(sub: Any) -> None:
         help="password (visible to other local users in the process list; prefer --password-stdin)",
     )
     cred.add_argument(
-        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin",
     )
     cred.add_argument("-g", "--group", help="group (tunnel group) to select, by name or alias")
     tls = p.add_argument_group("TLS")
-    tls.add_argument("--cafile", help="PEM file of CA certificates to trust instead of the system store")
+    tls.add_argument(
+        "--cafile", help="PEM file of CA certificates to trust instead of the system store"
+    )
     tls.add_argument(
         "--servername",
         help="name for SNI and certificate verification when it differs from the URL's host",
@@ -71,16 +77,22 @@ def add_parser(sub: Any) -> None:
     )
     sess = p.add_argument_group("session")
     sess.add_argument(
-        "--timeout", type=_positive_float, default=30.0, metavar="S",
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
         help="bound for each of phases 1 to 5, in seconds (default 30)",
     )
     sess.add_argument(
-        "--user-agent", default=DEFAULT_USER_AGENT,
-        help=f"User-Agent (default {DEFAULT_USER_AGENT!r}, which ASA and ocserv treat as AnyConnect)",
+        "--user-agent",
+        default=DEFAULT_USER_AGENT,
+        help=f"User-Agent (default {DEFAULT_USER_AGENT!r}; ASA and ocserv treat it as AnyConnect)",
     )
     sess.add_argument("--hostname", default="loadgen-1", help="X-CSTP-Hostname (default loadgen-1)")
     sess.add_argument(
-        "--download", choices=[m.value for m in DownloadMode], default=DownloadMode.NEW_CONNECTION.value,
+        "--download",
+        choices=[m.value for m in DownloadMode],
+        default=DownloadMode.NEW_CONNECTION.value,
         help="profile download: on a new TLS connection as AnyConnect does (default), "
         "on the same connection, or off",
     )
@@ -88,22 +100,48 @@ def add_parser(sub: Any) -> None:
         "--no-dtls", action="store_true", help="do not offer DTLS; stay on CSTP (TLS)"
     )
     sess.add_argument(
-        "--disconnect", choices=["logout", "keep"], default="logout",
+        "--disconnect",
+        choices=["logout", "keep"],
+        default="logout",
         help="logout: DISCONNECT 0xb0, the cookie dies (default); keep: empty DISCONNECT, "
         "the gateway keeps the cookie for a reconnect",
     )
     echo = p.add_argument_group("echo through the tunnel")
-    echo.add_argument("--echo", type=_non_negative_int, default=3, metavar="N",
-                      help="ICMP echo requests to send (default 3; 0 for none)")
-    echo.add_argument("--echo-target", type=IPv4Address, metavar="IP",
-                      help="echo destination (default: first host of the assigned network, "
-                      "the gateway's tunnel address)")
-    echo.add_argument("--echo-interval", type=_positive_float, default=0.2, metavar="S",
-                      help="seconds between echo requests (default 0.2)")
-    echo.add_argument("--echo-timeout", type=_positive_float, default=2.0, metavar="S",
-                      help="seconds to wait for each reply (default 2)")
-    echo.add_argument("--echo-size", type=_non_negative_int, default=56, metavar="BYTES",
-                      help="ICMP payload size (default 56)")
+    echo.add_argument(
+        "--echo",
+        type=_non_negative_int,
+        default=3,
+        metavar="N",
+        help="ICMP echo requests to send (default 3; 0 for none)",
+    )
+    echo.add_argument(
+        "--echo-target",
+        type=IPv4Address,
+        metavar="IP",
+        help="echo destination (default: first host of the assigned network, "
+        "the gateway's tunnel address)",
+    )
+    echo.add_argument(
+        "--echo-interval",
+        type=_positive_float,
+        default=0.2,
+        metavar="S",
+        help="seconds between echo requests (default 0.2)",
+    )
+    echo.add_argument(
+        "--echo-timeout",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for each reply (default 2)",
+    )
+    echo.add_argument(
+        "--echo-size",
+        type=_non_negative_int,
+        default=56,
+        metavar="BYTES",
+        help="ICMP payload size (default 56)",
+    )
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(func=_main)
 
@@ -143,7 +181,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if pin is not None and args.insecure:
         parser.error("--servercert and --insecure contradict each other")
     password = _read_password(parser, args)
-    tls = TlsOptions(cafile=args.cafile, servername=args.servername, pin=pin, insecure=args.insecure)
+    tls = TlsOptions(
+        cafile=args.cafile, servername=args.servername, pin=pin, insecure=args.insecure
+    )
     try:
         ctx = build_client_context(tls)
     except (OSError, ValueError) as exc:
@@ -251,4 +291,6 @@ def _print_human(report: dict[str, Any]) -> None:
         console.print("[green]session ok[/green]")
     else:
         err = report["error"]
-        console.print(f"[red]session failed in {err['phase']}: {err['reason']}[/red] - {err['message']}")
+        console.print(
+            f"[red]session failed in {err['phase']}: {err['reason']}[/red] - {err['message']}"
+        )

@@ -20,9 +20,9 @@ from ipaddress import IPv4Address
 
 import trio
 
+from loadgen.engine.tls import TlsOptions
 from loadgen.engine.transport import HttpChannel, open_tls, transport_failure
 from loadgen.engine.tunnel import CstpTunnel
-from loadgen.engine.tls import TlsOptions
 from loadgen.engine.url import GatewayUrl
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto import auth
@@ -63,7 +63,7 @@ class SessionConfig:
     username: str
     password: str = field(repr=False)
     group: str | None = None
-    tls: TlsOptions = TlsOptions()
+    tls: TlsOptions = field(default_factory=TlsOptions)
     user_agent: str = DEFAULT_USER_AGENT
     #: ``X-CSTP-Hostname``; unique per simulated client
     hostname: str = "loadgen"
@@ -176,7 +176,9 @@ class VpnSession:
         )
 
     def _headers(self, *, xml: bool) -> list[tuple[bytes, bytes]]:
-        headers = build_common_headers(host=self.cfg.url.host_header, user_agent=self.cfg.user_agent)
+        headers = build_common_headers(
+            host=self.cfg.url.host_header, user_agent=self.cfg.user_agent
+        )
         cookie = self.jar.header_value(["webvpncontext"])
         if cookie is not None:
             headers.append((b"Cookie", cookie.encode()))
@@ -246,9 +248,7 @@ class VpnSession:
             return entry.uri, entry.sha1_hex
         webvpnc = self.jar.get("webvpnc")
         if webvpnc:
-            fields = dict(
-                part.split(":", 1) for part in webvpnc.split("&") if ":" in part
-            )
+            fields = dict(part.split(":", 1) for part in webvpnc.split("&") if ":" in part)
             if "fu" in fields and "fh" in fields:
                 from urllib.parse import unquote
 
@@ -289,14 +289,18 @@ class VpnSession:
 
     def _cookie_headers(self) -> list[tuple[bytes, bytes]]:
         assert self._token is not None
-        headers = build_common_headers(host=self.cfg.url.host_header, user_agent=self.cfg.user_agent)
+        headers = build_common_headers(
+            host=self.cfg.url.host_header, user_agent=self.cfg.user_agent
+        )
         headers.append((b"Cookie", f"webvpn={self._token}".encode()))
         return headers
 
     async def _download(self, uri: str) -> tuple[HttpResponse, bool | None]:
         assert self._main is not None
         if self.cfg.download is DownloadMode.SAME_CONNECTION and self._main.reusable:
-            return await self._main.request(Phase.DOWNLOAD, "GET", uri, self._cookie_headers()), None
+            return await self._main.request(
+                Phase.DOWNLOAD, "GET", uri, self._cookie_headers()
+            ), None
         session = self._main.stream.session
         stream = await open_tls(
             self.cfg.url,
@@ -316,32 +320,10 @@ class VpnSession:
 
     # -- phase 5 --------------------------------------------------------------
 
-    async def _phase_cstp_connect(self, channel: HttpChannel | None) -> TunnelParams:
+    async def _phase_cstp_connect(self, reuse: HttpChannel | None) -> TunnelParams:
         start = trio.current_time()
         with trio.move_on_after(self.cfg.timeout_s) as scope:
-            if channel is None or not channel.reusable:
-                if channel is not None:
-                    await channel.aclose()
-                stream = await open_tls(
-                    self.cfg.url,
-                    self._ctx,
-                    self.cfg.tls,
-                    phase=Phase.CSTP_CONNECT,
-                    source_ip=self.cfg.source_ip,
-                )
-                channel = HttpChannel(stream, self.jar)
-                self._main = channel
-            assert self._token is not None
-            req = ConnectRequest(
-                host=self.cfg.url.host_header,
-                user_agent=self.cfg.user_agent,
-                cookie=self._token,
-                hostname=self.cfg.hostname,
-                base_mtu=self.cfg.base_mtu,
-            )
-            resp = await channel.request(
-                Phase.CSTP_CONNECT, "CONNECT", req.target, req.to_headers()
-            )
+            channel, resp = await self._send_connect(reuse)
         if scope.cancelled_caught:
             raise self._timeout(Phase.CSTP_CONNECT)
         if resp.status == 401:
@@ -367,6 +349,32 @@ class VpnSession:
         self.tunnel = CstpTunnel(channel.stream, params, random_bytes=self._random)
         self.tunnel.start(self._nursery, channel.http.trailing_data)
         return params
+
+    async def _send_connect(self, reuse: HttpChannel | None) -> tuple[HttpChannel, HttpResponse]:
+        """CONNECT on the auth connection when it is still usable, else on a new one."""
+        channel = reuse
+        if channel is None or not channel.reusable:
+            if channel is not None:
+                await channel.aclose()
+            stream = await open_tls(
+                self.cfg.url,
+                self._ctx,
+                self.cfg.tls,
+                phase=Phase.CSTP_CONNECT,
+                source_ip=self.cfg.source_ip,
+            )
+            channel = HttpChannel(stream, self.jar)
+            self._main = channel
+        assert self._token is not None
+        req = ConnectRequest(
+            host=self.cfg.url.host_header,
+            user_agent=self.cfg.user_agent,
+            cookie=self._token,
+            hostname=self.cfg.hostname,
+            base_mtu=self.cfg.base_mtu,
+        )
+        resp = await channel.request(Phase.CSTP_CONNECT, "CONNECT", req.target, req.to_headers())
+        return channel, resp
 
     @property
     def connect_time(self) -> float:

@@ -125,6 +125,8 @@ def classify_transport_error(exc: BaseException) -> tuple[Reason, str]:
     """Map a transport exception to a failure reason and a safe message."""
     if isinstance(exc, trio.TooSlowError):
         return Reason.TIMEOUT, "timed out"
+    if isinstance(exc, ssl.SSLEOFError):
+        return Reason.CLOSED, "gateway closed the connection (no TLS close_notify)"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):

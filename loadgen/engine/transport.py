@@ -6,6 +6,7 @@ carrying a phase and a reason from ``loadgen.failures`` (style principle 9).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Sequence
@@ -124,16 +125,14 @@ class HttpChannel:
                     self.jar.update_from_headers(resp.headers)
                     return resp
                 data = await self.stream.receive_some(RECEIVE_CHUNK)
-                self.http.receive_data(data)
+                self.http.receive_data(bytes(data))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             raise transport_failure(phase, exc) from exc
 
     async def aclose(self) -> None:
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self.stream.transport_stream)

@@ -135,7 +135,7 @@ class CstpTunnel:
                 raise SessionFailedError(
                     Phase.TUNNEL, Reason.CLOSED, "gateway closed the TLS connection"
                 )
-            self.conn.receive_data(data, trio.current_time())
+            self.conn.receive_data(bytes(data), trio.current_time())
             self._handle_events()
             await self._flush()
 
@@ -232,24 +232,38 @@ class CstpTunnel:
         """Send ``count`` ICMP echo requests; replies are matched by a stamp."""
         result = EchoResult()
         payload_bytes = max(payload_bytes, _ECHO_STAMP.size)
+        failure: SessionFailedError | None = None
         async with trio.open_nursery() as nursery:
-            for i in range(count):
-                if i:
-                    await trio.sleep(interval_s)
-                self._check_alive()
-                self._seq = (self._seq + 1) & 0xFFFF
-                self._stamp += 1
-                pending = _Pending(sent_at=trio.current_time())
-                self._pending[self._stamp] = pending
-                data = _ECHO_STAMP.pack(self._stamp) + bytes(payload_bytes - _ECHO_STAMP.size)
-                packet = build_icmp_echo_request(
-                    src=self.address, dst=target, ident=self._ident, seq=self._seq, payload=data
-                )
-                await self.send_ip(packet)
-                result.sent += 1
-                nursery.start_soon(self._await_echo, self._stamp, pending, timeout_s, result)
+            # Failures are kept out of the nursery so callers see them bare,
+            # not wrapped in an ExceptionGroup.
+            try:
+                for i in range(count):
+                    if i:
+                        await trio.sleep(interval_s)
+                    stamp, pending = await self._send_echo(target, payload_bytes)
+                    result.sent += 1
+                    nursery.start_soon(self._await_echo, stamp, pending, timeout_s, result)
+            except SessionFailedError as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         self._check_alive()
         return result
+
+    async def _send_echo(self, target: IPv4Address, payload_bytes: int) -> tuple[int, _Pending]:
+        self._check_alive()
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._stamp += 1
+        stamp = self._stamp
+        pending = _Pending(sent_at=trio.current_time())
+        self._pending[stamp] = pending
+        data = _ECHO_STAMP.pack(stamp) + bytes(payload_bytes - _ECHO_STAMP.size)
+        packet = build_icmp_echo_request(
+            src=self.address, dst=target, ident=self._ident, seq=self._seq, payload=data
+        )
+        await self.send_ip(packet)
+        return stamp, pending
 
     async def _await_echo(
         self, stamp: int, pending: _Pending, timeout_s: float, result: EchoResult

@@ -93,9 +93,7 @@ class CookieJar:
 
     def header_value(self, names: Sequence[str] | None = None) -> str | None:
         """The ``Cookie`` header value for ``names`` (all cookies when None)."""
-        items = [
-            (k, v) for k, v in self._values.items() if names is None or k in names
-        ]
+        items = [(k, v) for k, v in self._values.items() if names is None or k in names]
         if not items:
             return None
         return "; ".join(f"{k}={v}" for k, v in items)
@@ -143,9 +141,7 @@ class HttpConnection:
     def reusable(self) -> bool:
         """True when another request may be sent on this connection."""
         state = self._h11.our_state
-        return state is h11.IDLE or (
-            state is h11.DONE and self._h11.their_state is h11.DONE
-        )
+        return state is h11.IDLE or (state is h11.DONE and self._h11.their_state is h11.DONE)
 
     @property
     def switched(self) -> bool:
@@ -217,15 +213,17 @@ class HttpConnection:
             if isinstance(event, h11.InformationalResponse):
                 continue
             if isinstance(event, h11.Response):
+                # h11 bounds an incomplete header block; bound a complete one too.
+                size = sum(len(k) + len(v) + 4 for k, v in event.headers.raw_items())
+                if size > MAX_HEADER_BYTES:
+                    raise BadPacketError(f"response headers larger than {MAX_HEADER_BYTES} bytes")
                 self._response = event
                 if self._h11.their_state is h11.SWITCHED_PROTOCOL:
                     return self._finish()
                 continue
             if isinstance(event, h11.Data):
                 if len(self._body) + len(event.data) > self._max_body:
-                    raise BadPacketError(
-                        f"response body larger than {self._max_body} bytes"
-                    )
+                    raise BadPacketError(f"response body larger than {self._max_body} bytes")
                 self._body += event.data
                 continue
             if isinstance(event, h11.EndOfMessage):

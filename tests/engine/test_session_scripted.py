@@ -35,7 +35,9 @@ def _cfg(pki: ServerPki, url: str, **kw: object) -> SessionConfig:
     return SessionConfig(**opts)  # type: ignore[arg-type]
 
 
-async def _run(pki: ServerPki, script: Script, *, echo: int = 3, **kw: object) -> tuple[dict[Phase, float], SessionFailedError | None, int]:
+async def _run(
+    pki: ServerPki, script: Script, *, echo: int = 3, **kw: object
+) -> tuple[dict[Phase, float], SessionFailedError | None, int]:
     async with trio.open_nursery() as nursery:
         gw = ScriptedGateway(pki.server_cert_path, pki.server_key_path, script)
         await gw.start(nursery)
@@ -69,7 +71,11 @@ async def test_full_session_runs_every_phase(pki: ServerPki) -> None:
     phases, error, received = await _run(pki, script, group="Group Two")
     assert error is None
     assert set(phases) == {
-        Phase.TLS, Phase.GROUP_SELECT, Phase.AUTH, Phase.DOWNLOAD, Phase.CSTP_CONNECT
+        Phase.TLS,
+        Phase.GROUP_SELECT,
+        Phase.AUTH,
+        Phase.DOWNLOAD,
+        Phase.CSTP_CONNECT,
     }
     assert all(v > 0 for v in phases.values())
     assert received == 3
@@ -103,11 +109,18 @@ async def test_unknown_group(pki: ServerPki) -> None:
     assert (error.phase, error.reason) == (Phase.GROUP_SELECT, Reason.GROUP_UNKNOWN)
 
 
+def _http200(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
 @pytest.mark.parametrize(
     "raw",
     [
         b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n<config-a",
-        b'HTTP/1.1 200 OK\r\nContent-Length: 97\r\n\r\n<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]><config-auth>&a;&a;&a;</config-auth>',
+        _http200(
+            b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'
+            b"<config-auth>&a;&a;&a;</config-auth>"
+        ),
         b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * 70000 + b"\r\n\r\n",
         b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
     ],

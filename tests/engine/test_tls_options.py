@@ -116,7 +116,12 @@ def test_trio_connect_failure_group_is_unwrapped() -> None:
 
 def test_gateway_urls() -> None:
     u = parse_gateway_url("https://127.0.0.1:4443/")
-    assert (u.host, u.port, u.host_header, u.url) == ("127.0.0.1", 4443, "127.0.0.1:4443", "https://127.0.0.1:4443/")
+    assert (u.host, u.port, u.host_header, u.url) == (
+        "127.0.0.1",
+        4443,
+        "127.0.0.1:4443",
+        "https://127.0.0.1:4443/",
+    )
     assert parse_gateway_url("vpn.example.com/Eng").host_header == "vpn.example.com"
     assert parse_gateway_url("https://[::1]:443/").host_header == "[::1]"
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -119,7 +120,9 @@ class ScriptedGateway:
         self.port = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
-        listeners = await nursery.start(trio.serve_tcp, self._handle, 0, "127.0.0.1")
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1")
+        )
         self.port = listeners[0].socket.getsockname()[1]
 
     @property
@@ -151,11 +154,13 @@ class ScriptedGateway:
             method = request.method.decode()
             s.requests.append(f"{method} {target}")
             if method == "CONNECT":
-                await stream.send_all(
-                    _response(
-                        int(s.connect_status[:3]), s.connect_status[4:], b"", s.connect_headers
-                    ).replace(b"Content-Length: 0\r\n", b"")
+                answer = _response(
+                    int(s.connect_status[:3]), s.connect_status[4:], b"", s.connect_headers
                 )
+                if s.connect_status.startswith(b"200"):
+                    # a 2xx to CONNECT has no body framing: the tunnel follows
+                    answer = answer.replace(b"Content-Length: 0\r\n", b"")
+                await stream.send_all(answer)
                 if not s.connect_status.startswith(b"200"):
                     return
                 if s.after_connect:
