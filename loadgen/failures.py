@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 
-
 __all__ = ["FallbackReason", "Phase", "Reason", "SessionFailedError"]
 
 
@@ -76,8 +75,6 @@ class FallbackReason(enum.StrEnum):
     ALERT = "alert"
     ICMP_UNREACHABLE = "icmp_unreachable"
     DPD = "dpd"
-
-
 
 
 class SessionFailedError(Exception):

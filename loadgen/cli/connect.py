@@ -223,8 +223,8 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
             phase = Phase.TUNNEL
             report["channel"] = "cstp"
             report["tunnel"] = {
-                "address": params.address,
-                "netmask": params.netmask,
+                "address": None if params.address is None else str(params.address),
+                "netmask": None if params.netmask is None else str(params.netmask),
                 "mtu": params.mtu,
             }
             assert session.tunnel is not None
@@ -253,7 +253,8 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
             report["error"] = translate(phase, exc).as_dict()
         finally:
             report["phases"] = {str(k): v for k, v in session.phases.items()}
-            if session.phases:
+            if Phase.CSTP_CONNECT in session.phases:
+                # the whole connect exists only once the tunnel is up
                 report["phases"][str(Phase.CONNECT)] = session.connect_time
             report["tls"] = {"version": session.tls_version}
             if session.profile is not None:

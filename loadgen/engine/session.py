@@ -314,6 +314,10 @@ class VpnSession:
         try:
             resumed = bool(stream.session_reused)
             resp = await channel.request(Phase.DOWNLOAD, "GET", uri, self._cookie_headers())
+            # Like the downloader process exiting: let the gateway end its side
+            # before CONNECT.  ocserv opens a session for this cookie-bearing
+            # connection; CONNECT racing its teardown loses the first packets.
+            await channel.wait_peer_close(self.cfg.timeout_s)
         finally:
             await channel.aclose()
         return resp, resumed

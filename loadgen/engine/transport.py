@@ -26,7 +26,24 @@ RECEIVE_CHUNK = 65536
 
 def transport_failure(phase: Phase, exc: BaseException) -> SessionFailedError:
     reason, message = classify_transport_error(exc)
+    if phase in (Phase.DOWNLOAD, Phase.CSTP_CONNECT) and _access_denied(exc):
+        # ocserv 1.1.6 refuses a dead cookie with a fatal access_denied alert
+        # instead of "401 Cookie is not acceptable" (seen for a logged-out session).
+        return SessionFailedError(
+            phase, Reason.COOKIE_REJECTED, "gateway refused the session cookie (TLS access_denied)"
+        )
     return SessionFailedError(phase, reason, message)
+
+
+def _access_denied(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if (
+            isinstance(exc, ssl.SSLError)
+            and getattr(exc, "reason", None) == "TLSV1_ALERT_ACCESS_DENIED"
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 async def _open_tcp(url: GatewayUrl, source_ip: str | None) -> trio.SocketStream:
@@ -128,6 +145,19 @@ class HttpChannel:
                 self.http.receive_data(bytes(data))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             raise transport_failure(phase, exc) from exc
+
+    async def wait_peer_close(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the peer closes its side; True if it did."""
+        with trio.move_on_after(timeout_s):
+            try:
+                # our close_notify, then theirs (or their TCP close)
+                transport, _ = await self.stream.unwrap()
+                while await transport.receive_some(RECEIVE_CHUNK):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
+                pass
+            return True
+        return False
 
     async def aclose(self) -> None:
         with trio.move_on_after(1.0) as scope:

@@ -160,6 +160,17 @@ class OcservConfig:
     cookie_timeout_s: int = 300
     persistent_cookies: bool = False
     switch_to_tcp_timeout_s: int = 25
+    #: Same user, same tunnel IP.  With an AnyConnect-style downloader (a
+    #: second TLS connection carrying the cookie) ocserv 1.1.6 opens a second
+    #: session holding that IP; CONNECT's session then shares it with the
+    #: dying one for a few ms and the first replies can go to the old tun.
+    predictable_ips: bool = True
+    #: sec-mod processes.  ocserv 1.1.6 starts one per core; with more than one,
+    #: a session resumed by cookie on a new worker may report to the wrong
+    #: instance ("session stats but with non-existing SID"), and a later
+    #: DISCONNECT 0xb0 then only closes the session temporarily instead of
+    #: invalidating the cookie (seen 2 runs in 3 here).  One keeps §5.4 exact.
+    sec_mod_scale: int = 1
     auth_timeout_s: int = 240
     #: the tunnel address pool; it exists only inside the private netns
     ipv4_network: str = "10.77.0.0/16"
@@ -489,7 +500,8 @@ class OcservServer:
             "cisco-client-compat = true",
             f"dtls-legacy = {yn(cfg.dtls_legacy)}",
             f"dtls-psk = {yn(cfg.dtls_psk)}",
-            "predictable-ips = true",
+            f"predictable-ips = {yn(cfg.predictable_ips)}",
+            f"sec-mod-scale = {cfg.sec_mod_scale}",
             "try-mtu-discovery = false",
             f'tls-priorities = "{cfg.tls_priorities}"',
             f"auth-timeout = {cfg.auth_timeout_s}",

@@ -65,13 +65,7 @@ def _probe(argv_prefix: list[str], action: str) -> list[str]:
     return proc.stdout.split()
 
 
-# -- netns guard (these two must run before the module fixture enters a netns) ---
-
-
-def test_host_process_is_not_private_and_harness_refuses() -> None:
-    if in_private_netns():
-        pytest.skip("this pytest process already left the host namespace; no host to probe")
-    assert _probe([], "start") == ["host", "refused"]
+# -- netns guard (the refusal itself is covered with a fake /proc below) ---
 
 
 @pytest.mark.skipif(not can_create_netns(), reason="needs root and `ip`")
