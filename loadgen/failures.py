@@ -75,6 +75,8 @@ class FallbackReason(enum.StrEnum):
     ALERT = "alert"
     ICMP_UNREACHABLE = "icmp_unreachable"
     DPD = "dpd"
+    #: the gateway's DTLS answer cannot be used (a suite we did not offer)
+    PROTOCOL = "protocol"
 
 
 class SessionFailedError(Exception):

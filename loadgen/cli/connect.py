@@ -11,10 +11,12 @@ from typing import Any
 
 import trio
 
+from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
 from loadgen.engine.session import (
     DEFAULT_USER_AGENT,
     DownloadMode,
     SessionConfig,
+    VpnSession,
     open_session,
     translate,
 )
@@ -23,6 +25,11 @@ from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
+from loadgen.proto.dtls import (
+    DEFAULT_RETRANSMIT_SCHEDULE_S,
+    KNOWN_DTLS12_CIPHERS,
+    KNOWN_DTLS_CIPHERS,
+)
 
 __all__ = ["add_parser", "run_connect"]
 
@@ -96,8 +103,42 @@ def add_parser(sub: Any) -> None:
         help="profile download: on a new TLS connection as AnyConnect does (default), "
         "on the same connection, or off",
     )
-    sess.add_argument(
+    dtls = p.add_argument_group("DTLS (phase 6)")
+    dtls.add_argument(
         "--no-dtls", action="store_true", help="do not offer DTLS; stay on CSTP (TLS)"
+    )
+    dtls.add_argument(
+        "--dtls-ciphers",
+        metavar="LIST",
+        type=_cipher_list(KNOWN_DTLS_CIPHERS),
+        help="X-DTLS-CipherSuite offer, colon-separated (default "
+        f"{':'.join(DEFAULT_DTLS_OFFER)}); given alone, X-DTLS12-CipherSuite is not sent",
+    )
+    dtls.add_argument(
+        "--dtls12-ciphers",
+        metavar="LIST",
+        type=_cipher_list(KNOWN_DTLS12_CIPHERS),
+        help="X-DTLS12-CipherSuite offer (default "
+        f"{':'.join(DEFAULT_DTLS12_OFFER)}); given alone, X-DTLS-CipherSuite is not sent",
+    )
+    dtls.add_argument(
+        "--dtls-schedule",
+        metavar="S,S,...",
+        type=_schedule,
+        default=DEFAULT_RETRANSMIT_SCHEDULE_S,
+        help="ClientHello send times in seconds, the last one being when DTLS is given up "
+        "for CSTP (default 0,1,3,7,15,31: the AnyConnect schedule)",
+    )
+    dtls.add_argument(
+        "--dtls-reattempt",
+        metavar="S",
+        type=float,
+        default=60.0,
+        help="seconds between DTLS attempts after a fallback (default 60; 0: never)",
+    )
+    dtls.add_argument("--dtls-host", help="send DTLS to this host instead of the gateway's")
+    dtls.add_argument(
+        "--dtls-port", type=int, metavar="PORT", help="send DTLS to this port, not X-DTLS-Port"
     )
     sess.add_argument(
         "--disconnect",
@@ -153,6 +194,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _cipher_list(known: frozenset[str] | tuple[str, ...]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(":") if n.strip())
+        unknown = [n for n in names if n not in known]
+        if not names or unknown:
+            what = ", ".join(unknown) or "(none given)"
+            raise argparse.ArgumentTypeError(
+                f"unknown cipher {what}; known: {':'.join(sorted(known))}"
+            )
+        return names
+
+    return parse
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        times = tuple(float(t) for t in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("a schedule is comma-separated seconds") from exc
+    if len(times) < 2 or times[0] != 0 or list(times) != sorted(set(times)):
+        raise argparse.ArgumentTypeError("a schedule starts at 0 and increases, e.g. 0,1,3,7,15,31")
+    return times
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -189,6 +254,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"cannot load --cafile: {exc}")
     cfg = SessionConfig(
+        dtls=_dtls_options(args),
         url=url,
         username=args.user,
         password=password,
@@ -207,6 +273,22 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
+def _dtls_options(args: argparse.Namespace) -> DtlsOptions | None:
+    if args.no_dtls:
+        return None
+    ciphers, ciphers12 = args.dtls_ciphers, args.dtls12_ciphers
+    if ciphers is None and ciphers12 is None:
+        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
+    return DtlsOptions(
+        ciphers=ciphers,
+        ciphers12=ciphers12,
+        schedule_s=args.dtls_schedule,
+        reattempt_s=args.dtls_reattempt,
+        host=args.dtls_host,
+        port=args.dtls_port,
+    )
+
+
 async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "ok": False,
@@ -220,14 +302,16 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
     async with open_session(cfg, ctx) as session:
         try:
             params = await session.connect()
+            phase = Phase.DTLS
+            await session.wait_dtls()
             phase = Phase.TUNNEL
-            report["channel"] = "cstp"
+            assert session.tunnel is not None
+            report["channel"] = session.tunnel.channel
             report["tunnel"] = {
                 "address": None if params.address is None else str(params.address),
                 "netmask": None if params.netmask is None else str(params.netmask),
-                "mtu": params.mtu,
+                "mtu": session.tunnel.mtu,
             }
-            assert session.tunnel is not None
             if args.echo:
                 target = session.echo_target(args.echo_target)
                 result = await session.tunnel.echo(
@@ -242,8 +326,12 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
                     "received": result.received,
                     "rtt_p50": percentile(result.rtts_s, 0.5),
                     "target": str(target),
+                    "channels": result.channels,
                 }
-            report["dpd_rtt"] = await session.tunnel.dpd_probe(args.echo_timeout)
+            report["dpd_rtt"] = {
+                "cstp": await session.tunnel.dpd_probe(args.echo_timeout),
+                "dtls": await session.tunnel.dtls_dpd_probe(args.echo_timeout),
+            }
             reason = DisconnectReason.USER if args.disconnect == "logout" else None
             await session.disconnect(reason)
             report["ok"] = True
@@ -257,6 +345,7 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
                 # the whole connect exists only once the tunnel is up
                 report["phases"][str(Phase.CONNECT)] = session.connect_time
             report["tls"] = {"version": session.tls_version}
+            report["dtls"] = _dtls_report(session)
             if session.profile is not None:
                 report["profile"] = {
                     "uri": session.profile.uri,
@@ -265,6 +354,29 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
                     "tls_resumed": session.profile.tls_resumed,
                 }
     return report
+
+
+def _dtls_report(session: VpnSession) -> dict[str, Any] | None:
+    tunnel = session.tunnel
+    if tunnel is None or (tunnel.dtls is None and tunnel.dtls_refused is None):
+        return None
+    if tunnel.dtls is None:
+        return {
+            "version": None,
+            "header": None,
+            "cipher": None,
+            "retransmits": 0,
+            "fallback": str(tunnel.dtls_refused),
+        }
+    r = tunnel.dtls.report
+    return {
+        "version": r.version,
+        "header": r.header,
+        "cipher": r.cipher,
+        "retransmits": r.retransmits,
+        "fallback": None if r.fallback is None else str(r.fallback),
+        "attempts": r.attempts,
+    }
 
 
 def _print_human(report: dict[str, Any]) -> None:
@@ -283,6 +395,15 @@ def _print_human(report: dict[str, Any]) -> None:
         console.print(
             f"tunnel: {t['address']}/{t['netmask']} mtu {t['mtu']} over {report['channel']}"
         )
+    dtls = report.get("dtls")
+    if dtls:
+        if dtls["fallback"]:
+            console.print(
+                f"dtls: fell back to CSTP ({dtls['fallback']}) after "
+                f"{dtls['retransmits']} retransmits"
+            )
+        else:
+            console.print(f"dtls: {dtls['version']} {dtls['cipher']} ({dtls['header']})")
     echo = report["echo"]
     if echo["sent"]:
         rtt = echo["rtt_p50"]

@@ -20,9 +20,10 @@ from ipaddress import IPv4Address
 
 import trio
 
+from loadgen.engine.datapath import DataPath
+from loadgen.engine.dtls import DtlsOptions
 from loadgen.engine.tls import TlsOptions
 from loadgen.engine.transport import HttpChannel, open_tls, transport_failure
-from loadgen.engine.tunnel import CstpTunnel
 from loadgen.engine.url import GatewayUrl
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto import auth
@@ -71,6 +72,8 @@ class SessionConfig:
     download: DownloadMode = DownloadMode.NEW_CONNECTION
     base_mtu: int = 1500
     source_ip: str | None = None
+    #: DTLS offers and schedule; None: no DTLS (no X-DTLS-* headers at all)
+    dtls: DtlsOptions | None = field(default_factory=DtlsOptions)
 
 
 @dataclass
@@ -122,7 +125,8 @@ class VpnSession:
         self.profile: ProfileInfo | None = None
         self.tunnel_params: TunnelParams | None = None
         self.tls_version: str | None = None
-        self.tunnel: CstpTunnel | None = None
+        self.tunnel: DataPath | None = None
+        self._master_secret: bytes | None = None
         self._token: str | None = None
         self._complete: auth.AuthComplete | None = None
         self._main: HttpChannel | None = None
@@ -141,7 +145,8 @@ class VpnSession:
     # -- phases 1 to 5 ------------------------------------------------------
 
     async def connect(self) -> TunnelParams:
-        """Run phases 1 to 5 and start the CSTP tunnel."""
+        """Run phases 1 to 5 and start the tunnel; DTLS (phase 6) starts in the
+        background: ``wait_dtls`` waits for its outcome."""
         await self._phase_tls()
         await self._phases_auth()
         await self._phase_download()
@@ -350,9 +355,25 @@ class VpnSession:
             raise SessionFailedError(Phase.CSTP_CONNECT, Reason.PROTOCOL, str(exc)) from exc
         self.tunnel_params = params
         self.phases[Phase.CSTP_CONNECT] = trio.current_time() - start
-        self.tunnel = CstpTunnel(channel.stream, params, random_bytes=self._random)
-        self.tunnel.start(self._nursery, channel.http.trailing_data)
+        self.tunnel = DataPath(stream=channel.stream, params=params, random_bytes=self._random)
+        self.tunnel.start(
+            self._nursery,
+            channel.http.trailing_data,
+            master_secret=self._master_secret,
+            dtls=self.cfg.dtls,
+            gateway_host=self.cfg.url.host,
+            source_ip=self.cfg.source_ip,
+        )
         return params
+
+    async def wait_dtls(self) -> None:
+        """Phase 6: until DTLS is up or has fallen back (bounded by its schedule)."""
+        if self.tunnel is None:
+            return
+        await self.tunnel.wait_dtls()
+        dtls = self.tunnel.dtls
+        if dtls is not None and dtls.up and dtls.handshake_s is not None:
+            self.phases[Phase.DTLS] = dtls.handshake_s
 
     async def _send_connect(self, reuse: HttpChannel | None) -> tuple[HttpChannel, HttpResponse]:
         """CONNECT on the auth connection when it is still usable, else on a new one."""
@@ -370,19 +391,25 @@ class VpnSession:
             channel = HttpChannel(stream, self.jar)
             self._main = channel
         assert self._token is not None
+        dtls = self.cfg.dtls
+        # A fresh 48-byte master secret per CONNECT: the legacy DTLS key (§7.2)
+        self._master_secret = self._random(48) if dtls is not None else None
         req = ConnectRequest(
             host=self.cfg.url.host_header,
             user_agent=self.cfg.user_agent,
             cookie=self._token,
             hostname=self.cfg.hostname,
             base_mtu=self.cfg.base_mtu,
+            dtls_master_secret=self._master_secret,
+            dtls_ciphers=None if dtls is None else dtls.ciphers,
+            dtls12_ciphers=None if dtls is None else dtls.ciphers12,
         )
         resp = await channel.request(Phase.CSTP_CONNECT, "CONNECT", req.target, req.to_headers())
         return channel, resp
 
     @property
     def connect_time(self) -> float:
-        """Phases 1 to 5 (and 6 once DTLS lands), summed."""
+        """The phases that succeeded, summed: 1 to 6, or 1 to 5 after a fallback."""
         return sum(v for k, v in self.phases.items() if k is not Phase.CONNECT)
 
     # -- tunnel ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The CSTP tunnel of one session: reader, timers, echo and DPD over trio.
+"""The CSTP channel of one session: reader, timers and DPD over trio.
 
 The sans-IO ``CstpConnection`` decides what to send and when; this module
 only moves its frames.  Each frame is written with its own ``send_all`` so it
@@ -9,37 +9,19 @@ from __future__ import annotations
 
 import math
 import ssl
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 import trio
 
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto import cstp
 from loadgen.proto.errors import BadPacketError
-from loadgen.proto.packets import (
-    build_icmp_echo_request,
-    parse_icmp_untrusted,
-    parse_ipv4_untrusted,
-)
 from loadgen.proto.tunnel import TunnelParams
 
-__all__ = ["CstpTunnel", "EchoResult"]
+__all__ = ["CstpTunnel"]
 
 RECEIVE_CHUNK = 65536
-ICMP_PROTOCOL = 1
-ICMP_ECHO_REPLY = 0
-#: echo payload: our 8-byte send stamp id, then padding
-_ECHO_STAMP = struct.Struct("!Q")
-
-
-@dataclass
-class EchoResult:
-    sent: int = 0
-    received: int = 0
-    rtts_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -57,9 +39,13 @@ class CstpTunnel:
         stream: trio.SSLStream[trio.SocketStream],
         params: TunnelParams,
         *,
+        on_packet: Callable[[bytes], None],
+        on_end: Callable[[], None],
         random_bytes: Callable[[int], bytes],
     ) -> None:
         self.stream = stream
+        self._on_packet = on_packet
+        self._on_end = on_end
         self.params = params
         self._random = random_bytes
         now = trio.current_time()
@@ -72,21 +58,10 @@ class CstpTunnel:
         self._send_lock = trio.Lock()
         self._wakeup = trio.Event()
         self._scope = trio.CancelScope()
-        self._pending: dict[int, _Pending] = {}
         self._dpd_waiters: dict[bytes, _Pending] = {}
-        self._ident = int.from_bytes(random_bytes(2), "big")
-        self._seq = 0
-        self._stamp = int.from_bytes(random_bytes(4), "big") << 32
         #: why the tunnel ended, when it did
         self.ended: SessionFailedError | None = None
         self.ended_event = trio.Event()
-        self.dropped_packets = 0
-
-    @property
-    def address(self) -> IPv4Address:
-        if self.params.address is None:
-            raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, "no IPv4 tunnel address")
-        return IPv4Address(str(self.params.address))
 
     # -- tasks ---------------------------------------------------------------
 
@@ -116,8 +91,9 @@ class CstpTunnel:
         if self.ended is None:
             self.ended = failure
         self.ended_event.set()
-        for waiter in [*self._pending.values(), *self._dpd_waiters.values()]:
+        for waiter in self._dpd_waiters.values():
             waiter.done.set()
+        self._on_end()
         self._scope.cancel()
 
     async def _reader(self) -> None:
@@ -187,30 +163,6 @@ class CstpTunnel:
 
     # -- data ----------------------------------------------------------------
 
-    def _on_packet(self, data: bytes) -> None:
-        try:
-            ip = parse_ipv4_untrusted(data)
-            if ip.protocol != ICMP_PROTOCOL:
-                self.dropped_packets += 1
-                return
-            icmp = parse_icmp_untrusted(ip)
-        except BadPacketError:
-            self.dropped_packets += 1
-            return
-        if icmp.type != ICMP_ECHO_REPLY or icmp.ident != self._ident:
-            self.dropped_packets += 1
-            return
-        if len(icmp.data) < _ECHO_STAMP.size:
-            self.dropped_packets += 1
-            return
-        (stamp,) = _ECHO_STAMP.unpack_from(icmp.data)
-        pending = self._pending.get(stamp)
-        if pending is None or pending.done.is_set():
-            self.dropped_packets += 1
-            return
-        pending.rtt_s = trio.current_time() - pending.sent_at
-        pending.done.set()
-
     async def send_ip(self, packet: bytes) -> None:
         self._check_alive()
         self.conn.send_packet(packet, trio.current_time())
@@ -219,61 +171,6 @@ class CstpTunnel:
     def _check_alive(self) -> None:
         if self.ended is not None:
             raise self.ended
-
-    async def echo(
-        self,
-        target: IPv4Address,
-        *,
-        count: int,
-        interval_s: float,
-        timeout_s: float,
-        payload_bytes: int = 56,
-    ) -> EchoResult:
-        """Send ``count`` ICMP echo requests; replies are matched by a stamp."""
-        result = EchoResult()
-        payload_bytes = max(payload_bytes, _ECHO_STAMP.size)
-        failure: SessionFailedError | None = None
-        async with trio.open_nursery() as nursery:
-            # Failures are kept out of the nursery so callers see them bare,
-            # not wrapped in an ExceptionGroup.
-            try:
-                for i in range(count):
-                    if i:
-                        await trio.sleep(interval_s)
-                    stamp, pending = await self._send_echo(target, payload_bytes)
-                    result.sent += 1
-                    nursery.start_soon(self._await_echo, stamp, pending, timeout_s, result)
-            except SessionFailedError as exc:
-                failure = exc
-                nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        self._check_alive()
-        return result
-
-    async def _send_echo(self, target: IPv4Address, payload_bytes: int) -> tuple[int, _Pending]:
-        self._check_alive()
-        self._seq = (self._seq + 1) & 0xFFFF
-        self._stamp += 1
-        stamp = self._stamp
-        pending = _Pending(sent_at=trio.current_time())
-        self._pending[stamp] = pending
-        data = _ECHO_STAMP.pack(stamp) + bytes(payload_bytes - _ECHO_STAMP.size)
-        packet = build_icmp_echo_request(
-            src=self.address, dst=target, ident=self._ident, seq=self._seq, payload=data
-        )
-        await self.send_ip(packet)
-        return stamp, pending
-
-    async def _await_echo(
-        self, stamp: int, pending: _Pending, timeout_s: float, result: EchoResult
-    ) -> None:
-        with trio.move_on_after(timeout_s):
-            await pending.done.wait()
-        self._pending.pop(stamp, None)
-        if pending.rtt_s is not None:
-            result.received += 1
-            result.rtts_s.append(pending.rtt_s)
 
     async def dpd_probe(self, timeout_s: float) -> float | None:
         """One DPD-REQ over CSTP; the round trip in seconds, or None if unanswered."""
