@@ -304,6 +304,7 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
             params = await session.connect()
             phase = Phase.DTLS
             await session.wait_dtls()
+            report["dtls"] = _dtls_report(session)
             phase = Phase.TUNNEL
             assert session.tunnel is not None
             report["channel"] = session.tunnel.channel
@@ -332,6 +333,7 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
                 "cstp": await session.tunnel.dpd_probe(args.echo_timeout),
                 "dtls": await session.tunnel.dtls_dpd_probe(args.echo_timeout),
             }
+            report["dtls"] = _dtls_report(session)
             reason = DisconnectReason.USER if args.disconnect == "logout" else None
             await session.disconnect(reason)
             report["ok"] = True
@@ -345,7 +347,9 @@ async def run_connect(cfg: SessionConfig, ctx: Any, args: argparse.Namespace) ->
                 # the whole connect exists only once the tunnel is up
                 report["phases"][str(Phase.CONNECT)] = session.connect_time
             report["tls"] = {"version": session.tls_version}
-            report["dtls"] = _dtls_report(session)
+            if session.tunnel is not None:
+                report["dtls"] = _dtls_report(session)
+            report.setdefault("dtls", None)
             if session.profile is not None:
                 report["profile"] = {
                     "uri": session.profile.uri,
