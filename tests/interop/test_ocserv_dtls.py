@@ -178,3 +178,18 @@ async def test_dead_dtls_moves_traffic_to_cstp() -> None:
             assert echo.channels == {"cstp": 3}
             assert echo.received == 3
             await session.disconnect(DisconnectReason.USER)
+
+
+async def test_no_packet_lost_in_the_switch_to_dtls(ocserv: OcservServer) -> None:
+    cfg = _config(ocserv, DtlsOptions())
+    async with open_session(cfg, build_client_context(cfg.tls)) as session:
+        await session.connect()
+        tunnel = session.tunnel
+        assert tunnel is not None
+        # echo starts at once, on CSTP, and goes on while DTLS comes up
+        echo = await tunnel.echo(session.echo_target(None), count=30, interval_s=0.005, timeout_s=3)
+        assert tunnel.channel == "dtls"
+        assert echo.channels.get("cstp", 0) >= 1
+        assert echo.channels.get("dtls", 0) >= 1
+        assert echo.received == echo.sent == 30
+        await session.disconnect(DisconnectReason.USER)
