@@ -104,7 +104,10 @@ class DataPath:
     async def _run_dtls(self) -> None:
         assert self.dtls is not None
         with self._scope:
-            await self.dtls.run()
+            try:
+                await self.dtls.run()
+            except Exception as exc:  # a bug must not take the session down
+                self.dtls.fail_internal(exc)
 
     def _on_dtls_state(self, state: DtlsState) -> None:
         # Nothing to do yet; the metrics hook in here (load engine).

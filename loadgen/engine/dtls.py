@@ -61,6 +61,11 @@ DEFAULT_DTLS12_OFFER = (
     "AES128-SHA",
 )
 RECEIVE_BYTES = 65536
+#: a connected UDP socket reports ICMP errors (port/host/net unreachable) and
+#: local firewall rejections through these
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM, errno.EACCES}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +146,7 @@ class DtlsReport:
     fallback: FallbackReason | None = None
     attempts: int = 0
     fallbacks: list[FallbackReason] = field(default_factory=list)
+    error: str | None = None
 
 
 class DtlsChannel:
@@ -201,7 +207,12 @@ class DtlsChannel:
         """Attempt, serve, fall back, wait, attempt again: until cancelled."""
         try:
             while True:
-                reason = await self._attempt()
+                try:
+                    reason = await self._attempt()
+                except OSError:
+                    # a local send/receive/resolve error: the UDP path is unusable
+                    self._close_socket()
+                    reason = FallbackReason.ICMP_UNREACHABLE
                 self._fall_back(reason)
                 if self._options.reattempt_s <= 0:
                     return
@@ -218,6 +229,12 @@ class DtlsChannel:
         self._liveness = None
         self._set_state(DtlsState.DOWN)
         self.first_outcome.set()
+
+    def fail_internal(self, exc: BaseException) -> None:
+        """Our own bug ended the channel: stay on CSTP and say so in the report."""
+        self.report.error = f"internal error: {type(exc).__name__}"
+        self._fall_back(FallbackReason.PROTOCOL)
+        self._close_socket()
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -278,10 +295,8 @@ class DtlsChannel:
         assert self._sock is not None
         try:
             return await self._sock.receive()
-        except ConnectionRefusedError:
-            raise _AttemptEndedError(FallbackReason.ICMP_UNREACHABLE) from None
         except OSError as exc:
-            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED):
+            if exc.errno in _UNREACHABLE_ERRNOS:
                 raise _AttemptEndedError(FallbackReason.ICMP_UNREACHABLE) from None
             raise
 
@@ -290,8 +305,10 @@ class DtlsChannel:
         for datagram in conn.datagrams_to_send(trio.current_time()):
             try:
                 await self._sock.send(datagram)
-            except ConnectionRefusedError:
-                raise _AttemptEndedError(FallbackReason.ICMP_UNREACHABLE) from None
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE_ERRNOS:
+                    raise _AttemptEndedError(FallbackReason.ICMP_UNREACHABLE) from None
+                raise
 
     def _drain_events(self, conn: DtlsConnection) -> bool:
         """Process events; True once the handshake completed."""

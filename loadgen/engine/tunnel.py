@@ -86,6 +86,12 @@ class CstpTunnel:
             await task()
         except SessionFailedError as exc:
             self._end(exc)
+        except Exception as exc:  # a bug fails this session only
+            self._end(
+                SessionFailedError(
+                    Phase.TUNNEL, Reason.INTERNAL, f"unexpected {type(exc).__name__}"
+                )
+            )
 
     def _end(self, failure: SessionFailedError) -> None:
         if self.ended is None:
