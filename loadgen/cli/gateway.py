@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -182,8 +183,8 @@ def _group_spec(text: str) -> GroupSpec:
 def _users(args: argparse.Namespace) -> dict[str, UserSpec] | None:
     entries: list[str] = list(args.user)
     if args.users is not None:
-        for line in args.users.read_text().splitlines():
-            line = line.strip()
+        for raw in args.users.read_text().splitlines():
+            line = raw.strip()
             if line and not line.startswith("#"):
                 entries.append(line)
     if not entries:
@@ -298,10 +299,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr=config.host, registry=registry)
     gateway = Gateway(config, ctx, metrics)
     gateway.profile_body = profile_body
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(_serve, gateway, ca_path, args.metrics_port)
-    except KeyboardInterrupt:
-        pass
     print("gateway stopped", file=sys.stderr)
     return 0
 

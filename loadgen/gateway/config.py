@@ -15,7 +15,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 0
     #: tunnel addresses; the gateway's own address is the first host
-    pool: IPv4Network = IPv4Network("10.200.0.0/16")
+    pool: IPv4Network = field(default_factory=lambda: IPv4Network("10.200.0.0/16"))
     #: X-CSTP-MTU
     mtu: int = 1406
     #: X-DTLS-MTU; None: the same as ``mtu``

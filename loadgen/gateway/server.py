@@ -239,7 +239,7 @@ class Gateway:
             return None
         return None
 
-    async def _send(
+    async def _send(  # noqa: PLR0917
         self,
         stream: trio.SSLStream[trio.SocketStream],
         conn: h11.Connection,

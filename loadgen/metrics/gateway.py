@@ -6,7 +6,7 @@
 | loadgen_gateway_sessions_active | gauge | channel = cstp, dtls |
 | loadgen_gateway_sessions_total | counter | outcome = established, closed, rejected |
 | loadgen_gateway_handshakes_total | counter | protocol = tls, dtls; result = ok, failed |
-| loadgen_gateway_auth_failures_total | counter | reason = wrong_password, rejected, malformed, expired |
+| loadgen_gateway_auth_failures_total | counter | reason = wrong_password, ... |
 | loadgen_gateway_bytes_total | counter | channel, direction = rx, tx |
 | loadgen_gateway_packets_total | counter | channel, direction |
 | loadgen_gateway_dropped_total | counter | reason (closed set, see DROP_REASONS) |

@@ -32,12 +32,13 @@ from loadgen.proto.dtls import (
     DTLS_CIPHERS_HEADER,
     KNOWN_DTLS12_CIPHERS,
     KNOWN_DTLS_CIPHERS,
+    AlertDescription,
     ApplicationDataReceived,
     ClientHello,
     ConnectionTerminated,
+    DtlsAlertError,
     DtlsConnection,
     DtlsSession,
-    FinishedMismatchError,
     HandshakeCompleted,
     Role,
     lookup_cipher,
@@ -153,9 +154,7 @@ class Client:
     received: list[bytes]
 
 
-def channel_client(
-    gw: Gateway, session: DtlsSession, *, seed: int, dpd_s: float = 0.0
-) -> Client:
+def channel_client(gw: Gateway, session: DtlsSession, *, seed: int, dpd_s: float = 0.0) -> Client:
     received: list[bytes] = []
 
     async def factory() -> DatagramSocket:
@@ -261,7 +260,9 @@ def client_hello_bytes(session: DtlsSession, *, random_: bytes, epoch: int = 0) 
 # -- handshake and data --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("header", "name"), ALL_SUITES, ids=[f"{h[2:6]}:{n}" for h, n in ALL_SUITES])
+@pytest.mark.parametrize(
+    ("header", "name"), ALL_SUITES, ids=[f"{h[2:6]}:{n}" for h, n in ALL_SUITES]
+)
 async def test_handshake_and_data_both_ways(header: str, name: str) -> None:
     with trio.fail_after(10):
         async with gateway() as gw, trio.open_nursery() as nursery:
@@ -423,7 +424,8 @@ async def test_garbage_from_a_known_peer_is_dropped_by_its_association() -> None
             data_record = raw.sent[-1]
             assert await raw.pump(lambda: len(raw.frames) == 1, 2.0)
             forged = bytearray(data_record)
-            forged[-1] ^= 0x55  # bad MAC/padding: dropped silently (§7.5)
+            forged[5:11] = (1000).to_bytes(6, "big")  # a fresh sequence number...
+            forged[-1] ^= 0x55  # ...and a bad MAC/padding: dropped silently (§7.5)
             for datagram in (
                 data_record,  # a replay
                 bytes(forged),
@@ -630,23 +632,42 @@ async def test_handshake_timeout_is_reported_down() -> None:
             assert gw.endpoint.association_count == 0
 
 
-async def test_wrong_master_secret_ends_with_the_clients_alert() -> None:
+async def test_wrong_suite_is_refused_with_our_alert() -> None:
     with trio.fail_after(10):
         async with gateway() as gw:
             session = make_session(DTLS12_CIPHERS_HEADER, "AES256-GCM-SHA384", seed=22)
             target = gw.add(session)
-            wrong = DtlsSession(
-                session_id=session.session_id, master_secret=bytes(48), cipher=session.cipher
+            other = DtlsSession(
+                session_id=session.session_id,
+                master_secret=session.master_secret,
+                cipher=lookup_cipher(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256"),
             )
-            raw = await RawClient(wrong, seed=22).open(gw.port)
+            raw = await RawClient(other, seed=22).open(gw.port)
             raw.conn.connect(trio.current_time())
             await raw.flush()
             assert await raw.pump(lambda: raw.terminated is not None, 2.0)
-            assert raw.terminated is not None
-            assert isinstance(raw.terminated.error, FinishedMismatchError)
+            assert raw.terminated is not None and raw.terminated.by_peer
+            assert isinstance(raw.terminated.error, DtlsAlertError)
+            assert raw.terminated.error.description == AlertDescription.HANDSHAKE_FAILURE
+            await wait_until(lambda: len(target.downs) == 1)
+            assert target.downs[0][1] == "handshake_failed" and not target.ups
+            assert gw.stats.handshakes_failed == 1 and gw.stats.handshakes_ok == 0
+            assert gw.endpoint.association_count == 0
+
+
+async def test_fatal_alert_from_the_client_is_reported_down() -> None:
+    with trio.fail_after(10):
+        async with gateway() as gw:
+            session = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=26)
+            target = gw.add(session)
+            raw = await RawClient(session, seed=26).open(gw.port)
+            raw.conn.connect(trio.current_time())
+            await raw.flush()
+            # the client gives up mid-handshake: fatal handshake_failure, epoch 0
+            await raw.send_raw(encode_record(21, DTLS0_9, 0, 5, b"\x02\x28"))
             await wait_until(lambda: len(target.downs) == 1)
             assert target.downs[0][1] == "alert" and not target.ups
-            assert gw.stats.handshakes_failed == 1 and gw.stats.handshakes_ok == 0
+            assert gw.stats.down[DownReason.ALERT] == gw.stats.handshakes_failed == 1
 
 
 async def test_peer_close_notify_local_close_and_shutdown() -> None:
