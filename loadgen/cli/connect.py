@@ -24,6 +24,7 @@ from loadgen.engine.stats import percentile
 from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, SessionFailedError
+from loadgen.gateway.embedded import embedded_gateway
 from loadgen.proto.cstp import DisconnectReason
 from loadgen.proto.dtls import (
     DEFAULT_RETRANSMIT_SCHEDULE_S,
@@ -50,7 +51,10 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument(
-        "url", help="gateway URL, e.g. https://vpn.example.com/ or https://127.0.0.1:4443/"
+        "url",
+        nargs="?",
+        help="gateway URL, e.g. https://vpn.example.com/ or https://127.0.0.1:4443/; without "
+        "one, the reference gateway is started on loopback as the target (any credentials)",
     )
     cred = p.add_argument_group("credentials")
     cred.add_argument("-u", "--user", default="", help="user name")
@@ -238,6 +242,8 @@ def _read_password(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.url is None:
+        return _main_embedded(parser, args)
     try:
         url = parse_gateway_url(args.url)
         pin = parse_pin(args.servercert) if args.servercert else None
@@ -266,11 +272,47 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         download=DownloadMode(args.download),
     )
     report = trio.run(run_connect, cfg, ctx, args)
+    return _output(report, args)
+
+
+def _output(report: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print_human(report)
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _main_embedded(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """No URL: start the reference gateway (accept-any) and connect to it."""
+    if args.cafile or args.servercert or args.insecure or args.servername:
+        parser.error("TLS options need a URL: the embedded gateway brings its own CA")
+    if args.password is not None or args.password_stdin:
+        password = _read_password(parser, args)
+    else:
+        password = "loadgen"
+    args.user = args.user or "loadgen"
+    return _output(trio.run(_run_embedded, args, password), args)
+
+
+async def _run_embedded(args: argparse.Namespace, password: str) -> dict[str, Any]:
+    async with embedded_gateway() as gw:
+        tls = TlsOptions(cafile=str(gw.ca_path))
+        cfg = SessionConfig(
+            dtls=_dtls_options(args),
+            url=parse_gateway_url(gw.url),
+            username=args.user,
+            password=password,
+            group=args.group,
+            tls=tls,
+            user_agent=args.user_agent,
+            hostname=args.hostname,
+            timeout_s=args.timeout,
+            download=DownloadMode(args.download),
+        )
+        report = await run_connect(cfg, build_client_context(tls), args)
+        report["gateway"] = gw.url
+        return report
 
 
 def _dtls_options(args: argparse.Namespace) -> DtlsOptions | None:

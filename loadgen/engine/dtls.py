@@ -184,6 +184,8 @@ class DtlsChannel:
         self._sock: DatagramSocket | None = None
         self._liveness: cstp.Liveness | None = None
         self._wakeup = trio.Event()
+        self._send_failed = False
+        self._dead: FallbackReason | None = None
         self._dpd_waiters: dict[bytes, tuple[float, trio.Event, list[float]]] = {}
         self.tx_packets = 0
         self.rx_packets = 0
@@ -220,6 +222,9 @@ class DtlsChannel:
                 self._set_state(DtlsState.CONNECTING)
         finally:
             self._close_socket()
+            self._conn = None
+            if self.state is DtlsState.UP:
+                self.state = DtlsState.DOWN  # stopped: no callback, the session is going
             self.first_outcome.set()
 
     def _fall_back(self, reason: FallbackReason) -> None:
@@ -267,6 +272,7 @@ class DtlsChannel:
         self._liveness = cstp.Liveness(
             "client", dpd_s=self._dpd_s, keepalive_s=self._keepalive_s, now=trio.current_time()
         )
+        self.report.fallback = None  # up again; the history stays in ``fallbacks``
         self._set_state(DtlsState.UP)
         self.first_outcome.set()
         try:
@@ -330,7 +336,8 @@ class DtlsChannel:
     # -- established ------------------------------------------------------------
 
     async def _serve(self, conn: DtlsConnection) -> None:
-        self._dead: FallbackReason | None = None
+        self._dead = None
+        self._send_failed = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._until_dead, self._reader, conn, nursery.cancel_scope)
             nursery.start_soon(self._until_dead, self._timers, conn, nursery.cancel_scope)
@@ -350,6 +357,11 @@ class DtlsChannel:
             if self._dead is None:
                 self._dead = exc.reason
             scope.cancel()
+        except OSError:
+            # a local socket error while up: the UDP path is unusable
+            if self._dead is None:
+                self._dead = FallbackReason.ICMP_UNREACHABLE
+            scope.cancel()
 
     async def _reader(self, conn: DtlsConnection) -> None:
         while True:
@@ -366,6 +378,8 @@ class DtlsChannel:
             with trio.move_on_at(min(deadlines, default=math.inf)):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self._send_failed:
+                raise _AttemptEndedError(FallbackReason.ICMP_UNREACHABLE)
             now = trio.current_time()
             conn.handle_timer(now)
             action = liveness.handle_timer(now)
@@ -389,7 +403,10 @@ class DtlsChannel:
             self.rx_packets += 1
             self._on_packet(frame.payload)
         elif frame.type == cstp.PacketType.DPD_REQ:
-            self._send_frame(cstp.PacketType.DPD_RESP, frame.payload)
+            try:
+                self._send_frame(cstp.PacketType.DPD_RESP, frame.payload)
+            except LocalProtocolError:
+                return  # a DPD before our handshake is done: nothing to answer on yet
             self._wakeup.set()
         elif frame.type == cstp.PacketType.DPD_RESP:
             waiter = self._dpd_waiters.pop(frame.payload, None)
@@ -409,14 +426,22 @@ class DtlsChannel:
             self._liveness.packet_sent(trio.current_time())
 
     async def send_ip(self, packet: bytes) -> None:
-        """One IP packet over DTLS (the caller checked ``up``)."""
+        """One IP packet over DTLS; LocalProtocolError when it cannot go (the
+        caller then sends it on CSTP, §7.9)."""
         conn = self._conn
-        assert conn is not None
+        if conn is None or not self.up:
+            raise LocalProtocolError("DTLS is not up")
         self._send_frame(cstp.PacketType.DATA, packet)
         self.tx_packets += 1
+        await self._flush_or_fail(conn)
+
+    async def _flush_or_fail(self, conn: DtlsConnection) -> None:
+        """Flush from outside the channel's loops: a write error takes DTLS down
+        (openconnect: "DTLS got write error ... Falling back to SSL")."""
         try:
             await self._flush(conn)
-        except _AttemptEndedError:
+        except (_AttemptEndedError, OSError):
+            self._send_failed = True
             self._wakeup.set()
             raise LocalProtocolError("DTLS send failed") from None
 
@@ -428,8 +453,12 @@ class DtlsChannel:
         done = trio.Event()
         out: list[float] = []
         self._dpd_waiters[payload] = (trio.current_time(), done, out)
-        self._send_frame(cstp.PacketType.DPD_REQ, payload)
-        await self._flush(self._conn)
+        try:
+            self._send_frame(cstp.PacketType.DPD_REQ, payload)
+            await self._flush_or_fail(self._conn)
+        except LocalProtocolError:
+            self._dpd_waiters.pop(payload, None)
+            return None
         with trio.move_on_after(timeout_s):
             await done.wait()
         self._dpd_waiters.pop(payload, None)

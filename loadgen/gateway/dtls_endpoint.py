@@ -472,7 +472,7 @@ class DtlsEndpoint:
         # nothing is allocated for this peer until the hello names a session we know
         dropped = self.stats.dropped
         reason = self._classify(data)
-        if reason is not None:
+        if reason is not None and was_up:
             dropped[reason] += 1
             return
         try:

@@ -98,6 +98,9 @@ class Rig:
     packets: list[tuple[float, bytes]] = field(default_factory=list)
     factory_calls: list[float] = field(default_factory=list)
     run_ended_at: float | None = None
+    run_error: BaseException | None = None
+    #: cancels run() only (the gateway keeps going)
+    run_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def now(self) -> float:
@@ -135,6 +138,11 @@ class Rig:
         while len(self.packets) < count:
             await self._changed.wait()
 
+    async def wait_run_end(self) -> float:
+        while self.run_ended_at is None:
+            await self._changed.wait()
+        return self.run_ended_at
+
     def clients(self) -> list[FakeEndpoint]:
         return [client for client, _ in self.net.pairs]
 
@@ -161,10 +169,13 @@ async def running(
     keepalive_s: float = 0.0,
     options: DtlsOptions | None = None,
     server: DtlsEchoServer | None = None,
+    gateway: Callable[[FakeEndpoint, DtlsSession], Awaitable[None]] | None = None,
     wrap: Callable[[SocketFactory], SocketFactory] | None = None,
     seed: int = 1,
 ) -> AsyncIterator[Rig]:
-    """The channel running against ``server`` (default: an echo gateway knowing the session)."""
+    """The channel running against ``server`` (default: an echo gateway knowing the
+    session), or against ``gateway(endpoint, session)`` per client socket.  An exception
+    out of run() is kept in ``run_error``."""
     session = make_session(header, name, seed)
     if server is None:
         server = DtlsEchoServer([session], seed=seed)
@@ -174,7 +185,11 @@ async def running(
 
         async def counted() -> DatagramSocket:
             rig.factory_calls.append(rig.now())
-            return await serving()
+            if gateway is None:
+                return await serving()
+            client, server_end = net.pair()
+            nursery.start_soon(gateway, server_end, session)
+            return client
 
         factory: SocketFactory = counted if wrap is None else wrap(counted)
         rig.channel = DtlsChannel(
@@ -193,7 +208,11 @@ async def running(
         assert not rig.channel.up
 
         async def run() -> None:
-            await rig.channel.run()
+            try:
+                with rig.run_scope:
+                    await rig.channel.run()
+            except Exception as exc:
+                rig.run_error = exc
             rig.run_ended_at = rig.now()
             rig._notify()
 
@@ -272,21 +291,19 @@ async def test_hello_verify_request_costs_no_retransmission(
 
 # --- loss, duplication and reordering ----------------------------------------------------
 
-PROFILES = {
-    "loss": {"loss": 0.35},
-    "duplication": {"duplicate": 0.5},
-    "reordering": {"reorder": 0.5, "reorder_delay_s": 0.8},
-    "everything": {"loss": 0.25, "duplicate": 0.3, "reorder": 0.4, "reorder_delay_s": 0.6},
+IMPAIRED_LATENCY_S = 0.037  # completions never tie with a schedule point
+PROFILES: dict[str, Callable[[], Link]] = {
+    "loss": lambda: Link(latency_s=IMPAIRED_LATENCY_S, loss=0.35),
+    "duplication": lambda: Link(latency_s=IMPAIRED_LATENCY_S, duplicate=0.5),
+    "reordering": lambda: Link(latency_s=IMPAIRED_LATENCY_S, reorder=0.5, reorder_delay_s=0.8),
+    "everything": lambda: Link(
+        latency_s=IMPAIRED_LATENCY_S, loss=0.25, duplicate=0.3, reorder=0.4, reorder_delay_s=0.6
+    ),
 }
 
 
 def _lossy_net(seed: int, profile: str) -> FakeNetwork:
-    params = PROFILES[profile]
-    return FakeNetwork(
-        seed,
-        c2s=Link(latency_s=0.037, **params),  # type: ignore[arg-type]
-        s2c=Link(latency_s=0.037, **params),  # type: ignore[arg-type]
-    )
+    return FakeNetwork(seed, c2s=PROFILES[profile](), s2c=PROFILES[profile]())
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -294,7 +311,7 @@ def _lossy_net(seed: int, profile: str) -> FakeNetwork:
 async def test_impaired_network_handshake_follows_the_schedule(
     autojump_clock: trio.testing.MockClock, profile: str, seed: int
 ) -> None:
-    lossy = "loss" in PROFILES[profile]
+    lossy = PROFILES[profile]().loss > 0
     with trio.fail_after(LIMIT_S):
         async with running(_lossy_net(seed, profile), seed=seed) as rig:
             channel = rig.channel
@@ -314,8 +331,6 @@ async def test_impaired_network_handshake_follows_the_schedule(
             assert report.retransmits == retransmits
             # the ClientHellos went out exactly on the schedule, until the answer came
             assert rig.hello_times(client) == pytest.approx(list(SCHEDULE_S[: 1 + retransmits]))
-            if not lossy:
-                assert retransmits == 0 and up_at < 1.0
 
             # data flows: what comes back is what we sent, never twice (replay window)
             sent = [ip_packet(i) for i in range(40)]
@@ -359,9 +374,8 @@ async def test_udp_blocked_falls_back_at_31_s_after_4_retransmits(
             assert rig.channel.handshake_s is None
             # reattempt_s=0: run() returns at once and releases the socket
             await rig.wait_state(DtlsState.DOWN)
-            while rig.run_ended_at is None:
-                await rig._changed.wait()
-            assert rig.run_ended_at == pytest.approx(31.0)
+            assert await rig.wait_run_end() == pytest.approx(31.0)
+            assert rig.run_error is None
             (client,) = rig.clients()
             assert client.closed
             assert net.c2s.stats.blocked == 5
@@ -456,10 +470,9 @@ async def test_handshake_failure_alert_datagram(
 ) -> None:
     """A gateway that answers any ClientHello with one plaintext fatal alert."""
     version, _code = EXPECTED_WIRE[(header, name)]
-    net = quiet_net()
     answered: list[float] = []
 
-    async def alerting_gateway(endpoint: FakeEndpoint) -> None:
+    async def alerting_gateway(endpoint: FakeEndpoint, _session: DtlsSession) -> None:
         for _ in range(100):
             await endpoint.receive()
             answered.append(trio.current_time())
@@ -467,34 +480,12 @@ async def test_handshake_failure_alert_datagram(
             await endpoint.send(alert)
 
     with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-
-            async def factory() -> DatagramSocket:
-                client, server_end = net.pair()
-                nursery.start_soon(alerting_gateway, server_end)
-                return client
-
-            session = make_session(header, name, 1)
-            states: list[DtlsState] = []
-            channel = DtlsChannel(
-                session=session,
-                header=header,
-                cipher_name=name,
-                dpd_s=0,
-                keepalive_s=0,
-                options=DtlsOptions(reattempt_s=0),
-                socket_factory=factory,
-                on_packet=lambda _p: None,
-                on_state=states.append,
-                random_bytes=random.Random(3).randbytes,
-            )
-            start = trio.current_time()
-            await channel.run()
-            assert trio.current_time() - start == pytest.approx(2 * LAT)
-            assert channel.report.fallback is FallbackReason.ALERT
-            assert states == [DtlsState.DOWN]
+        async with running(quiet_net(), header=header, name=name, gateway=alerting_gateway) as rig:
+            assert await rig.wait_run_end() == pytest.approx(2 * LAT)
+            assert rig.run_error is None
+            assert rig.channel.report.fallback is FallbackReason.ALERT
+            assert rig.state_log() == [DtlsState.DOWN]
             assert len(answered) == 1
-            nursery.cancel_scope.cancel()
 
 
 async def test_warning_alert_during_the_handshake_is_not_a_fallback(
@@ -594,8 +585,7 @@ async def test_reattempt_zero_means_run_returns(autojump_clock: trio.testing.Moc
     net.c2s.icmp_unreachable = True
     with trio.fail_after(LIMIT_S):
         async with running(net, options=DtlsOptions(reattempt_s=0)) as rig:
-            while rig.run_ended_at is None:
-                await rig._changed.wait()
+            await rig.wait_run_end()
             net.c2s.icmp_unreachable = False
             await trio.sleep(500.0)
             assert rig.channel.report.attempts == 1
@@ -768,7 +758,7 @@ async def test_send_ip_when_not_up_is_refused(autojump_clock: trio.testing.MockC
                 await rig.channel.send_ip(ip_packet(1))
 
 
-# --- what the code gets wrong (strict xfail: they pass once fixed) -------------------------
+# --- robustness: errors around the channel (were bugs, fixed) -----------------------------
 
 
 class _Faulty:
@@ -868,12 +858,6 @@ async def test_socket_factory_error_is_a_fallback(autojump_clock: trio.testing.M
             assert len(calls) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py send_ip: a hard send error raises LocalProtocolError but leaves the "
-    "channel UP (only _wakeup is set, _timers ignores it); openconnect kills DTLS on a "
-    "real write error (dtls_reconnect) so traffic goes to CSTP until a re-attempt",
-)
 async def test_hard_send_error_takes_the_channel_down(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -889,13 +873,6 @@ async def test_hard_send_error_takes_the_channel_down(
             assert rig.state_log() == [DtlsState.UP, DtlsState.DOWN]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py send_ip: only ICMP errnos (_UNREACHABLE_ERRNOS) become LocalProtocolError; "
-    "any other OSError from send (EMSGSIZE when a record exceeds the path MTU, ENOBUFS) "
-    "escapes raw, and DataPath.send_ip only catches LocalProtocolError, so the packet is "
-    "not re-queued to CSTP (§7.9)",
-)
 async def test_send_ip_other_os_error_is_local_protocol_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -908,12 +885,6 @@ async def test_send_ip_other_os_error_is_local_protocol_error(
                 await rig.channel.send_ip(ip_packet(1, 1400))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py run(): `except OSError` around _attempt() cannot catch an OSError "
-    "raised in _serve's nursery (reader/timers): trio wraps it in an ExceptionGroup, "
-    "so a local receive error while UP escapes run() instead of a fallback",
-)
 async def test_local_receive_error_while_up_is_a_fallback(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -928,11 +899,6 @@ async def test_local_receive_error_while_up_is_a_fallback(
             assert rig.channel.report.fallback is FallbackReason.ICMP_UNREACHABLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py dpd_probe: a send error in _flush escapes as the private "
-    "_AttemptEndedError instead of the documented None (or LocalProtocolError)",
-)
 async def test_dpd_probe_send_error_gives_none(autojump_clock: trio.testing.MockClock) -> None:
     sockets: list[_Faulty] = []
     with trio.fail_after(LIMIT_S):
@@ -961,79 +927,24 @@ async def _coalescing_gateway(endpoint: FakeEndpoint, session: DtlsSession) -> N
     await trio.sleep_forever()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py _drain_events during _handshake: a DPD-REQ record that arrives in the "
-    "same datagram as the gateway's Finished is answered via _send_frame while the state "
-    "is still CONNECTING, which raises LocalProtocolError('DTLS is not up') out of run()",
-)
 async def test_dpd_request_behind_the_finished_does_not_crash_run(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", 1)
-    net = quiet_net()
-    states: list[DtlsState] = []
     with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-
-            async def factory() -> DatagramSocket:
-                client, server_end = net.pair()
-                nursery.start_soon(_coalescing_gateway, server_end, session)
-                return client
-
-            channel = DtlsChannel(
-                session=session,
-                header=DTLS_CIPHERS_HEADER,
-                cipher_name="AES128-SHA",
-                dpd_s=0,
-                keepalive_s=0,
-                options=DtlsOptions(reattempt_s=0),
-                socket_factory=factory,
-                on_packet=lambda _p: None,
-                on_state=states.append,
-                random_bytes=random.Random(1).randbytes,
-            )
-            nursery.start_soon(channel.run)
-            await channel.first_outcome.wait()
+        async with running(quiet_net(), gateway=_coalescing_gateway) as rig:
+            await rig.channel.first_outcome.wait()
             await trio.sleep(1.0)
-            assert states == [DtlsState.UP]
-            nursery.cancel_scope.cancel()
+            assert rig.run_error is None
+            assert rig.state_log() == [DtlsState.UP]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtls.py run(): cancelled while UP, the finally block closes the socket but "
-    "leaves state UP, so `up` stays True and send_ip/dpd_probe fail with AssertionError "
-    "in _flush (assert self._sock is not None) instead of LocalProtocolError",
-)
 async def test_stopped_channel_is_not_up(autojump_clock: trio.testing.MockClock) -> None:
-    session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", 1)
-    net = quiet_net()
-    server = DtlsEchoServer([session])
     with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-            channel = DtlsChannel(
-                session=session,
-                header=DTLS_CIPHERS_HEADER,
-                cipher_name="AES128-SHA",
-                dpd_s=0,
-                keepalive_s=0,
-                options=DtlsOptions(reattempt_s=0),
-                socket_factory=serving_socket_factory(net, server, nursery),
-                on_packet=lambda _p: None,
-                on_state=lambda _s: None,
-                random_bytes=random.Random(1).randbytes,
-            )
-            with trio.CancelScope() as scope:
-                nursery.start_soon(_run_then_stop, channel, scope)
-                await channel.run()
-            assert not channel.up
+        async with running(quiet_net()) as rig:
+            await rig.wait_state(DtlsState.UP)
+            rig.run_scope.cancel()  # what DataPath.stop() does
+            await rig.wait_run_end()
+            assert rig.clients()[0].closed
+            assert not rig.channel.up
             with pytest.raises(LocalProtocolError):
-                await channel.send_ip(ip_packet(1))
-            nursery.cancel_scope.cancel()
-
-
-async def _run_then_stop(channel: DtlsChannel, scope: trio.CancelScope) -> None:
-    await channel.first_outcome.wait()
-    assert channel.up
-    scope.cancel()
+                await rig.channel.send_ip(ip_packet(1))

@@ -1,0 +1,114 @@
+"""The embedded default target: the reference gateway as a child process on loopback.
+
+Used when a command gets no gateway URL.  A separate process keeps the
+gateway's CPU out of the client's measurements; it listens on a free port of
+127.0.0.1, its CA goes to a private temporary directory, and it is stopped
+(SIGTERM, then SIGKILL) when the caller is done, whatever happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+__all__ = ["EmbeddedGateway", "embedded_gateway"]
+
+_URL = re.compile(rb"gateway listening: (https://\S+)")
+_CA = re.compile(rb"CA certificate: (\S+)")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddedGateway:
+    url: str
+    ca_path: Path
+    metrics_port: int | None
+
+
+class EmbeddedGatewayError(RuntimeError):
+    pass
+
+
+@asynccontextmanager
+async def embedded_gateway(
+    extra_args: Sequence[str] = (),
+    *,
+    metrics_port: int | None = None,
+    start_timeout_s: float = 30.0,
+) -> AsyncIterator[EmbeddedGateway]:
+    with tempfile.TemporaryDirectory(prefix="loadgen-gateway-") as tmp:
+        argv = [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert-dir",
+            tmp,
+            *extra_args,
+        ]
+        if metrics_port is not None:
+            argv += ["--metrics-port", str(metrics_port)]
+        log_path = Path(tmp) / "gateway.log"
+        with log_path.open("wb") as log:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            url, ca = await _read_banner(proc, start_timeout_s, log_path)
+            yield EmbeddedGateway(url=url, ca_path=ca, metrics_port=metrics_port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop(proc)
+
+
+async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> tuple[str, Path]:
+    assert proc.stdout is not None
+    buf = b""
+    url = ca = None
+    with trio.move_on_after(timeout_s):
+        while url is None or ca is None:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                break
+            buf += chunk
+            if m := _URL.search(buf):
+                url = m.group(1).decode()
+            if m := _CA.search(buf):
+                ca = Path(m.group(1).decode())
+    if url is None or ca is None:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        raise EmbeddedGatewayError(f"the embedded gateway did not start: {tail}")
+    return url, ca
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, so no gateway is orphaned."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _stop(proc: trio.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(5.0):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
