@@ -271,27 +271,27 @@ class Association:
     def dtls_counters(self) -> DtlsCounters:
         return self._conn.counters
 
-    def _seal(self, ptype: int, payload: bytes) -> list[bytes]:
+    def _seal(self, ptype: int, payload: bytes, now: float) -> list[bytes]:
         """One record (one datagram) for the frame; [] when the association is not up."""
         if not self.up:
             return []
         frame = cstp.encode_dtls_payload(ptype, payload)  # our bug if too large: raises
         self._conn.send_application_data(frame)
         assert self._liveness is not None
-        self._liveness.packet_sent(trio.current_time())
+        self._liveness.packet_sent(now)
         self.records_out += 1
-        out = self._conn.datagrams_to_send(trio.current_time())
+        out = self._conn.datagrams_to_send(now)
         self.bytes_out += sum(len(d) for d in out)
         return out
 
     def send_frame_nowait(self, ptype: int, payload: bytes) -> bool:
         """Queue one frame; False if the association is not up or the queue is full."""
-        out = self._seal(ptype, payload)
+        out = self._seal(ptype, payload, trio.current_time())
         return bool(out) and all([self._endpoint._queue(d, self.peer) for d in out])
 
     async def send_frame(self, ptype: int, payload: bytes) -> bool:
         """Send one frame, waiting for room in the send queue; False if not up."""
-        out = self._seal(ptype, payload)
+        out = self._seal(ptype, payload, trio.current_time())
         for datagram in out:
             if not await self._endpoint._queue_wait(datagram, self.peer):
                 return False
@@ -472,7 +472,7 @@ class DtlsEndpoint:
         # nothing is allocated for this peer until the hello names a session we know
         dropped = self.stats.dropped
         reason = self._classify(data)
-        if reason is not None and was_up:
+        if reason is not None:
             dropped[reason] += 1
             return
         try:
@@ -572,12 +572,12 @@ class DtlsEndpoint:
             return
         if frame.type == cstp.PacketType.DPD_REQ:
             # §7.8: echo with the type byte rewritten, whatever the size (MTU probes)
-            self._send_now(assoc, cstp.PacketType.DPD_RESP, frame.payload)
+            self._send_now(assoc, cstp.PacketType.DPD_RESP, frame.payload, now)
             self.stats.dpd_requests_answered += 1
         self._call(assoc.target.on_dtls_frame, assoc, frame.type, frame.payload)
 
-    def _send_now(self, assoc: Association, ptype: int, payload: bytes) -> None:
-        for datagram in assoc._seal(ptype, payload):
+    def _send_now(self, assoc: Association, ptype: int, payload: bytes, now: float) -> None:
+        for datagram in assoc._seal(ptype, payload, now):
             self._queue(datagram, assoc.peer)
 
     def _call(self, callback: Callable[..., None], *args: Any) -> None:
@@ -641,12 +641,12 @@ class DtlsEndpoint:
             heapq.heapify(self._heap)
 
     def _fire_due(self, now: float) -> None:
-        heap = self._heap
-        # bounded: entries re-armed at <= now wait for the next round (a checkpoint)
-        for _ in range(len(heap)):
-            if not heap or heap[0][0] > now:
+        # bounded: entries re-armed at <= now wait for the next round (a checkpoint);
+        # self._heap each time, since re-arming may rebuild it
+        for _ in range(len(self._heap)):
+            if not self._heap or self._heap[0][0] > now:
                 return
-            deadline, _, assoc = heapq.heappop(heap)
+            deadline, _, assoc = heapq.heappop(self._heap)
             if assoc.closed or assoc._heap_deadline != deadline:
                 continue  # stale entry
             assoc._heap_deadline = None
@@ -668,8 +668,8 @@ class DtlsEndpoint:
                     self._end(assoc, DownReason.DPD, now)
                     return
                 if action is cstp.LivenessAction.SEND_DPD:
-                    self._send_now(assoc, cstp.PacketType.DPD_REQ, b"")
+                    self._send_now(assoc, cstp.PacketType.DPD_REQ, b"", now)
                     self.stats.dpd_requests_sent += 1
                 else:
-                    self._send_now(assoc, cstp.PacketType.KEEPALIVE, b"")
+                    self._send_now(assoc, cstp.PacketType.KEEPALIVE, b"", now)
         self._drain(assoc, now)
