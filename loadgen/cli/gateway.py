@@ -39,6 +39,8 @@ DEFAULT_PROFILE = b"""<?xml version="1.0" encoding="UTF-8"?>
 </AnyConnectProfile>
 """
 PROFILE_URI = "/profiles/profile.xml"
+#: bound on the graceful part of a stop (TERMINATE to every tunnel)
+SHUTDOWN_S = 3.0
 
 
 def default_cert_dir() -> Path:
@@ -170,8 +172,8 @@ def add_parser(sub: Any) -> None:
 
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep:
-        raise ValueError("--listen is HOST:PORT")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen is HOST:PORT with a port of 0 to 65535, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -295,19 +297,35 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"cannot load the certificate: {exc}")
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, process=True)
+    metrics_port: int | None = None
     if args.metrics_port is not None:
-        start_http_server(args.metrics_port, addr=config.host, registry=registry)
+        try:
+            httpd, _ = start_http_server(args.metrics_port, addr=config.host, registry=registry)
+        except OSError as exc:
+            print(f"loadgen gateway: cannot serve metrics: {exc}", file=sys.stderr)
+            return 1
+        metrics_port = httpd.server_port  # the real one when 0 was asked for
     gateway = Gateway(config, ctx, metrics)
     gateway.profile_body = profile_body
+    listening = True  # a KeyboardInterrupt is a normal stop too
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_serve, gateway, ca_path, args.metrics_port)
+        listening = trio.run(_serve, gateway, ca_path, metrics_port, args.listen)
+    if not listening:
+        return 1
     print("gateway stopped", file=sys.stderr)
     return 0
 
 
-async def _serve(gateway: Gateway, ca_path: Path | None, metrics_port: int | None) -> None:
+async def _serve(
+    gateway: Gateway, ca_path: Path | None, metrics_port: int | None, listen: str
+) -> bool:
+    """Serve until SIGTERM or SIGINT; False when the gateway could not listen."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
+        try:
+            await nursery.start(gateway.serve)
+        except OSError as exc:  # address in use, no such address: no traceback
+            print(f"loadgen gateway: cannot listen on {listen}: {exc}", file=sys.stderr)
+            return False
         host = gateway.config.host
         shown = f"[{host}]" if ":" in host else host
         print(f"gateway listening: https://{shown}:{gateway.port}/", flush=True)
@@ -318,5 +336,9 @@ async def _serve(gateway: Gateway, ca_path: Path | None, metrics_port: int | Non
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 print("stopping the gateway", file=sys.stderr, flush=True)
+                # TERMINATE first, so clients see an orderly end, not a reset
+                with trio.move_on_after(SHUTDOWN_S):
+                    await gateway.terminate_tunnels()
                 nursery.cancel_scope.cancel()
                 break
+    return True

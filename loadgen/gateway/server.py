@@ -19,7 +19,7 @@ import h11
 import trio
 
 from loadgen.gateway.config import AddressPool, GatewayConfig, PoolExhaustedError
-from loadgen.gateway.dtls_endpoint import DtlsEndpoint, EndpointStats
+from loadgen.gateway.dtls_endpoint import DropReason, DtlsEndpoint, EndpointStats
 from loadgen.gateway.tunnel import SessionRecord, TunnelSession
 from loadgen.metrics.gateway import GatewayMetrics
 from loadgen.proto.auth_server import AuthServer
@@ -29,6 +29,7 @@ from loadgen.proto.tunnel import (
     DEFAULT_DTLS12_PRIORITIES,
     DEFAULT_LEGACY_PRIORITIES,
     ConnectRequest,
+    NoSessionCookieError,
     TunnelParams,
     choose_dtls_cipher,
 )
@@ -55,6 +56,57 @@ GATEWAY_DTLS12_PRIORITIES = {
     "DHE-RSA-AES256-SHA": 20,
     "DHE-RSA-AES128-SHA": 10,
 }
+
+
+#: AuthServer error labels that are refused input (``dropped`` reasons) ...
+_AUTH_DROPS = {
+    "malformed_xml": "xml_malformed",
+    "not_found": "http_not_found",
+    "bad_method": "http_malformed",
+}
+#: ... and those that are refused logins (``auth_failures`` reasons)
+_AUTH_FAILURES = {
+    "login_failed": "wrong_password",
+    "auth_failed": "wrong_password",
+    "no_password": "no_password",
+    "too_many_pending": "too_many_pending",
+}
+
+
+#: the endpoint's datagram drops that are hostile or stray client input, as
+#: ``dropped`` reasons.  BAD_RECORD is left out: it also counts the benign
+#: duplicates of a retransmitted handshake flight.
+_DTLS_DROPS = {
+    DropReason.GARBAGE: "dtls_garbage",
+    DropReason.NOT_CLIENT_HELLO: "dtls_garbage",
+    DropReason.ZERO_RANDOM: "dtls_garbage",
+    DropReason.OVERSIZE: "dtls_garbage",
+    DropReason.BAD_FRAME: "dtls_garbage",
+    DropReason.UNKNOWN_SESSION: "dtls_unknown_session",
+    DropReason.TOO_SOON: "dtls_too_soon",
+}
+
+
+class _ExportedDrops(dict[DropReason, int]):
+    """``EndpointStats.dropped`` that also feeds ``loadgen_gateway_dropped_total``.
+
+    The endpoint counts with ``dropped[reason] += 1``.  A log line goes out on
+    the 1st, 2nd, 4th, 8th... drop of a reason: a flood cannot flood the log.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__(dict.fromkeys(DropReason, 0))
+        self._metrics = metrics
+
+    def __setitem__(self, key: DropReason, value: int) -> None:
+        delta = value - self.get(key, 0)
+        super().__setitem__(key, value)
+        label = _DTLS_DROPS.get(key)
+        if label is None or delta <= 0:
+            return
+        self._metrics.dropped.labels(label).inc(delta)
+        if value & (value - 1) == 0:
+            log.info("dropped a DTLS datagram: %s (%d so far)", key, value)
 
 
 @dataclass
@@ -95,7 +147,7 @@ class Gateway:
         self._tunnels: set[TunnelSession] = set()
         self.port = 0
         self.udp_port = 0
-        self.dtls_stats = EndpointStats()
+        self.dtls_stats = EndpointStats(dropped=_ExportedDrops(metrics))
         self._legacy_prefs = _prefs(config.dtls_ciphers, GATEWAY_LEGACY_PRIORITIES)
         self._dtls12_prefs = _prefs(config.dtls12_ciphers, GATEWAY_DTLS12_PRIORITIES)
 
@@ -132,11 +184,20 @@ class Gateway:
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
+            # By now every connection task has ended: a graceful stop calls
+            # terminate_tunnels() before cancelling serve().
             udp.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                async with trio.open_nursery() as nursery:
-                    for tunnel in list(self._tunnels):
-                        nursery.start_soon(tunnel.terminate)
+
+    async def terminate_tunnels(self) -> None:
+        """Send TERMINATE on every tunnel and end it (graceful stop, §5.4).
+
+        Call before cancelling ``serve``: cancelling alone just drops the TLS
+        connections, which clients see as a reset.  Each tunnel bounds its own
+        send (1 s).
+        """
+        async with trio.open_nursery() as nursery:
+            for tunnel in list(self._tunnels):
+                nursery.start_soon(tunnel.terminate)
 
     async def _expire_records(self) -> None:
         while True:
@@ -156,6 +217,9 @@ class Gateway:
         stream = trio.SSLStream(tcp, self._ssl, server_side=True)
         try:
             await self._serve_connection(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            # the client went away while we answered: its business, not a bug
+            log.debug("a client connection broke: %s", _short(exc))
         except Exception:  # one connection never takes the gateway down
             log.exception("unexpected error on a client connection")
         finally:
@@ -233,7 +297,10 @@ class Gateway:
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return None
         if scope.cancelled_caught:
-            if request is not None or conn.their_state is not h11.IDLE:
+            # h11 stays IDLE until a whole head arrived: a partial one is
+            # still in its buffer
+            started = request is not None or conn.their_state is not h11.IDLE
+            if started or conn.trailing_data[0]:
                 log.info("closed a connection: client stalled mid-request")
                 self.metrics.dropped.labels("stalled").inc()
             return None
@@ -292,6 +359,7 @@ class Gateway:
             return await self._auth_request(stream, conn, req)
         if req.method == "GET" and path.startswith("/profiles"):
             return await self._profile(stream, conn, req)
+        log.info("refused a request: %s %s: not found", req.method, _printable(path))
         self.metrics.dropped.labels("http_not_found").inc()
         await self._send(stream, conn, 404, "Not found", [], close=True)
         return False
@@ -308,12 +376,14 @@ class Gateway:
             body=req.body,
             now=trio.current_time(),
         )
-        if answer.error_label is not None:
-            label = "xml_malformed" if answer.error_label == "malformed_xml" else "http_malformed"
-            self.metrics.dropped.labels(label).inc()
-            log.info("refused an auth request: %s", answer.error_label)
-        if answer.status == 401:
-            self.metrics.auth_failures.labels("wrong_password").inc()
+        label = answer.error_label
+        if label in _AUTH_DROPS:
+            self.metrics.dropped.labels(_AUTH_DROPS[label]).inc()
+            log.info("refused an auth request: %s", label)
+        elif label in _AUTH_FAILURES:
+            # a refused login is an outcome, not malformed input
+            self.metrics.auth_failures.labels(_AUTH_FAILURES[label]).inc()
+            log.info("login refused: %s", label)
         if answer.success is not None:
             ok = answer.success
             self._records[ok.cookie] = SessionRecord(
@@ -350,6 +420,7 @@ class Gateway:
     ) -> bool:
         profile = self.config.auth.profile
         if self._record_for(req) is None or profile is None or self.profile_body is None:
+            log.info("refused a profile download: no valid cookie or no profile")
             self.metrics.dropped.labels("cookie_rejected").inc()
             await self._send(stream, conn, 401, "Unauthorized", [], close=True)
             return False
@@ -365,6 +436,7 @@ class Gateway:
         if self.config.delay_connect_ms:
             await trio.sleep(self.config.delay_connect_ms / 1000)
         if req.target != "/CSCOSSLC/tunnel":
+            log.info("refused a CONNECT to %s: not found", _printable(req.target))
             self.metrics.dropped.labels("http_not_found").inc()
             await self._send(stream, conn, 404, "Not found", [], close=True)
             return False
@@ -372,7 +444,8 @@ class Gateway:
             creq = ConnectRequest.from_headers_untrusted(req.headers)
         except BadPacketError as exc:
             log.info("refused a CONNECT: %s", exc)
-            self.metrics.dropped.labels("cookie_rejected").inc()
+            no_cookie = isinstance(exc, NoSessionCookieError)
+            self.metrics.dropped.labels("cookie_rejected" if no_cookie else "http_malformed").inc()
             await self._send(stream, conn, 503, "Service Unavailable", [], close=True)
             return False
         record = self._record_for(req)
@@ -381,11 +454,13 @@ class Gateway:
             # ocserv does ("session re-use"): the client reconnected
             await record.tunnel.terminate()
         if record is None:
+            log.info("refused a CONNECT: unknown, expired or logged-out cookie")
             self.metrics.dropped.labels("cookie_rejected").inc()
             self.metrics.sessions.labels("rejected").inc()
             await self._send(stream, conn, 401, "Cookie is not acceptable", [], close=True)
             return False
         if self.config.max_sessions is not None and len(self._tunnels) >= self.config.max_sessions:
+            log.info("refused a CONNECT: %d sessions already", len(self._tunnels))
             self.metrics.dropped.labels("max_sessions").inc()
             self.metrics.sessions.labels("rejected").inc()
             await self._send(
@@ -401,6 +476,7 @@ class Gateway:
             if record.address is None:
                 record.address = self.pool.allocate()
         except PoolExhaustedError:
+            log.warning("refused a CONNECT: the address pool is exhausted")
             self.metrics.dropped.labels("max_sessions").inc()
             await self._send(
                 stream,
@@ -513,6 +589,11 @@ def _cookies(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
             if sep and name:
                 out[name] = val
     return out
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Client-chosen text, safe and short enough for a log line."""
+    return ascii(text[:limit])[1:-1]
 
 
 def _short(exc: BaseException) -> str:

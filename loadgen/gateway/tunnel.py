@@ -71,9 +71,11 @@ class TunnelSession:
         self.dtls: Association | None = None
         self.cookie_invalidated = False
         self.end_reason = "closed"
+        #: set once _handle_events saw the end: the reader and the timer task
+        #: both drain events, and the end must be counted once
+        self._over = False
         self._scope = trio.CancelScope()
         self._metrics_channel = "cstp"
-        metrics.sessions_active.labels("cstp").inc()
 
     # -- DtlsTarget -------------------------------------------------------------
 
@@ -84,6 +86,7 @@ class TunnelSession:
 
     def on_dtls_up(self, assoc: Association) -> None:
         self.dtls = assoc
+        self._metrics.handshakes.labels("dtls", "ok").inc()
         self._move_gauge("dtls")
 
     def on_dtls_frame(self, assoc: Association, ptype: int, payload: bytes) -> None:
@@ -101,6 +104,8 @@ class TunnelSession:
         if self.dtls is assoc:
             self.dtls = None
             self._move_gauge("cstp")
+        else:  # it never came up: its handshake failed or was abandoned
+            self._metrics.handshakes.labels("dtls", "failed").inc()
 
     def _move_gauge(self, channel: str) -> None:
         if channel != self._metrics_channel:
@@ -116,6 +121,8 @@ class TunnelSession:
 
     async def run(self, leftover: bytes) -> None:
         """Serve the tunnel until the client leaves, DPD gives up, or we stop."""
+        # counted here, not in __init__: the finally below is what uncounts it
+        self._metrics.sessions_active.labels("cstp").inc()
         try:
             with self._scope:
                 if leftover:
@@ -131,7 +138,10 @@ class TunnelSession:
                 self.dtls = None
 
     async def _reader(self) -> None:
-        self._handle_events()
+        # bytes that came with the CONNECT may already end the tunnel
+        if not self._handle_events():
+            await self._flush()
+            return
         await self._flush()
         while True:
             try:
@@ -158,10 +168,17 @@ class TunnelSession:
             if not self._handle_events():
                 scope.cancel()
                 return
-            await self._flush()
+            # not _flush(): waking ourselves would make this loop spin
+            await self._send_frames()
 
     def _handle_events(self) -> bool:
         """Process the CSTP events; False when the tunnel is over."""
+        if self._over:
+            return False
+        self._over = not self._drain_events()
+        return not self._over
+
+    def _drain_events(self) -> bool:
         while True:
             try:
                 event = self.conn.next_event()
@@ -191,13 +208,17 @@ class TunnelSession:
                 return False
 
     async def _flush(self) -> None:
+        """Send what CSTP queued, then wake the timer task (a send moves its timers)."""
+        await self._send_frames()
+        self._wakeup.set()
+
+    async def _send_frames(self) -> None:
         async with self._send_lock:
             for frame in self.conn.frames_to_send():
                 try:
                     await self._stream.send_all(frame)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
-        self._wakeup.set()
 
     async def terminate(self) -> None:
         """Gateway shutdown: tell the client (TERMINATE), then stop."""

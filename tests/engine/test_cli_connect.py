@@ -39,7 +39,7 @@ def test_help_explains_the_options() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["connect"],
+        ["connect", "--cafile", "ca.pem"],
         ["connect", "http://gw/", "--password", "x"],
         ["connect", "https://gw/", "--password", "x", "--servercert", "md5:00"],
         ["connect", "https://gw/", "--password", "x", "--password-stdin"],
