@@ -96,3 +96,22 @@ async def test_report_never_contains_secrets(pki: ServerPki, password: str) -> N
         assert set(report["phases"]) == {"tls", "group_select", "auth", "download", "cstp_connect", "connect"}
     else:
         assert report["error"]["reason"] == "auth_rejected"
+
+
+def test_no_url_targets_the_embedded_gateway_and_stops_it() -> None:
+    proc = _cli("connect", "--json", "--echo", "2", "--group", "Engineering")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True
+    assert report["channel"] == "dtls"
+    assert set(report["phases"]) == {
+        "tls", "group_select", "auth", "download", "cstp_connect", "dtls", "connect"
+    }
+    assert report["echo"]["received"] == 2
+    port = report["gateway"].rstrip("/").rsplit(":", 1)[1]
+    # the gateway child is gone: nothing listens on its port any more
+    sock = __import__("socket").socket()
+    try:
+        assert sock.connect_ex(("127.0.0.1", int(port))) != 0
+    finally:
+        sock.close()
