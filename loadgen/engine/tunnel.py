@@ -129,9 +129,11 @@ class CstpTunnel:
             self._wakeup = trio.Event()
             self.conn.handle_timer(trio.current_time())
             self._handle_events()
-            await self._flush()
+            # no wake-up from here: the loop recomputes its deadline anyway,
+            # and waking itself would spin (one busy task per tunnel)
+            await self._flush(wake=False)
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, wake: bool = True) -> None:
         async with self._send_lock:
             for frame in self.conn.frames_to_send():
                 try:
@@ -140,8 +142,9 @@ class CstpTunnel:
                     raise SessionFailedError(
                         Phase.TUNNEL, Reason.RESET, "TLS connection broken under the tunnel"
                     ) from exc
-        # a send may move the keepalive timer
-        self._wakeup.set()
+        if wake:
+            # traffic from outside the timer task may move its deadlines
+            self._wakeup.set()
 
     def _handle_events(self) -> None:
         while True:

@@ -419,10 +419,16 @@ class Gateway:
         self, stream: trio.SSLStream[trio.SocketStream], conn: h11.Connection, req: _Request
     ) -> bool:
         profile = self.config.auth.profile
-        if self._record_for(req) is None or profile is None or self.profile_body is None:
-            log.info("refused a profile download: no valid cookie or no profile")
+        if self._record_for(req) is None:
+            log.info("refused a profile download: unknown, expired or logged-out cookie")
             self.metrics.dropped.labels("cookie_rejected").inc()
             await self._send(stream, conn, 401, "Unauthorized", [], close=True)
+            return False
+        path = req.target.split("?", 1)[0]
+        if profile is None or self.profile_body is None or path != profile.uri:
+            log.info("refused a profile download: %s: not found", _printable(path))
+            self.metrics.dropped.labels("http_not_found").inc()
+            await self._send(stream, conn, 404, "Not found", [], close=True)
             return False
         await self._send(stream, conn, 200, "OK", [("Content-Type", "text/xml")], self.profile_body)
         return True

@@ -218,3 +218,29 @@ async def test_one_hostile_session_does_not_disturb_others(pki: ServerPki) -> No
             nursery.start_soon(one, Script(after_connect=b"garbage!" * 2) if i == 3 else Script())
     assert sum(e is None for e in results) == 5
     assert [e.reason for e in results if e is not None] == [Reason.PROTOCOL]
+
+
+async def test_idle_tunnel_does_not_spin(pki: ServerPki) -> None:
+    """The timer task sleeps until a deadline; it must not wake itself."""
+    async with trio.open_nursery() as nursery:
+        gw = ScriptedGateway(pki.server_cert_path, pki.server_key_path, Script())
+        await gw.start(nursery)
+        cfg = _cfg(pki, gw.url)
+        async with open_session(cfg, build_client_context(cfg.tls)) as session:
+            await session.connect()
+            assert session.tunnel is not None
+            conn = session.tunnel.cstp.conn
+            calls = 0
+            original = conn.handle_timer
+
+            def counting(now: float) -> None:
+                nonlocal calls
+                calls += 1
+                original(now)
+
+            conn.handle_timer = counting  # type: ignore[method-assign]
+            await trio.sleep(0.5)
+            await session.disconnect(DisconnectReason.USER)
+        nursery.cancel_scope.cancel()
+    # DPD 90 s, keepalive 32400 s: nothing is due within half a second
+    assert calls <= 2
