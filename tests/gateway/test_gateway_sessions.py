@@ -561,6 +561,16 @@ async def test_200_concurrent_sessions(cert_dir: Path) -> None:
     failures: list[SessionFailedError] = []
     channels: dict[str, int] = {}
     addresses: set[IPv4Address] = set()
+    arrived = 0
+    all_up = trio.Event()
+
+    def arrive() -> None:
+        # every session holds its tunnel until all are up, so their
+        # addresses are leased at the same time and must all differ
+        nonlocal arrived
+        arrived += 1
+        if arrived == count:
+            all_up.set()
 
     async def one(gw: Gateway, ca: Path, index: int) -> None:
         cfg = session_config(
@@ -579,9 +589,12 @@ async def test_200_concurrent_sessions(cert_dir: Path) -> None:
                 assert result.received == 3
                 for name, n in result.channels.items():
                     channels[name] = channels.get(name, 0) + n
+                arrive()
+                await all_up.wait()
                 await session.disconnect(DisconnectReason.USER)
             except SessionFailedError as exc:
                 failures.append(exc)
+                arrive()
 
     with trio.fail_after(120):
         async with running_gateway(cert_dir, GatewayConfig()) as (gw, ca):

@@ -111,14 +111,20 @@ def _wait_route(iface: str, timeout_s: float = 10.0) -> None:
 
 @pytest.mark.parametrize(
     "cipher",
-    ["AES128-SHA", "AES256-SHA", "OC-DTLS1_2-AES128-GCM", "OC-DTLS1_2-AES256-GCM"],
+    # None: openconnect's default offer, PSK-NEGOTIATE first; the gateway picks legacy
+    ["AES128-SHA", "AES256-SHA", "OC-DTLS1_2-AES128-GCM", "OC-DTLS1_2-AES256-GCM", None],
 )
-def test_openconnect_dtls_and_ping(gateway: GatewayProcess, tmp_path: Path, cipher: str) -> None:
+def test_openconnect_dtls_and_ping(
+    gateway: GatewayProcess, tmp_path: Path, cipher: str | None
+) -> None:
     iface = "tunlg" + str(abs(hash(cipher)) % 1000)
-    oc = _openconnect(gateway, tmp_path, iface, f"--dtls-ciphers={cipher}")
+    extra = [] if cipher is None else [f"--dtls-ciphers={cipher}"]
+    oc = _openconnect(gateway, tmp_path, iface, *extra)
     try:
         assert oc.wait_for("Established DTLS connection", 20), oc.output()[-3000:]
         assert "CSTP connected" in oc.output()
+        if cipher is None:
+            assert "PSK" not in oc.output().split("Established DTLS connection")[1].splitlines()[0]
         _wait_route(iface)
         ping = subprocess.run(
             ["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", iface, GATEWAY_TUNNEL_IP],
