@@ -51,6 +51,9 @@ class DataPath:
         #: why DTLS was never tried although offered (e.g. an unknown cipher answer)
         self.dtls_refused: FallbackReason | None = None
         self._scope = trio.CancelScope()
+        #: called with (old, new) channel names when data moves between CSTP and DTLS
+        self.on_channel: Callable[[str, str], None] | None = None
+        self._last_channel = "cstp"
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -110,8 +113,12 @@ class DataPath:
                 self.dtls.fail_internal(exc)
 
     def _on_dtls_state(self, state: DtlsState) -> None:
-        # Nothing to do yet; the metrics hook in here (load engine).
         del state
+        channel = self.channel
+        if channel != self._last_channel:
+            old, self._last_channel = self._last_channel, channel
+            if self.on_channel is not None:
+                self.on_channel(old, channel)
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -144,6 +151,16 @@ class DataPath:
         if self.params.address is None:
             raise SessionFailedError(Phase.TUNNEL, Reason.PROTOCOL, "no IPv4 tunnel address")
         return IPv4Address(str(self.params.address))
+
+    def traffic(self) -> dict[str, tuple[int, int, int, int]]:
+        """channel -> (tx packets, tx bytes, rx packets, rx bytes) of IP packets so far."""
+        c = self.cstp.conn.counters
+        out = {"cstp": (c.packets_tx, c.bytes_tx, c.packets_rx, c.bytes_rx)}
+        d = self.dtls
+        out["dtls"] = (
+            (0, 0, 0, 0) if d is None else (d.tx_packets, d.tx_bytes, d.rx_packets, d.rx_bytes)
+        )
+        return out
 
     async def wait_dtls(self) -> None:
         """Until the first DTLS attempt ended (up or fallen back); bounded by its schedule."""

@@ -189,6 +189,8 @@ class DtlsChannel:
         self._dpd_waiters: dict[bytes, tuple[float, trio.Event, list[float]]] = {}
         self.tx_packets = 0
         self.rx_packets = 0
+        self.tx_bytes = 0
+        self.rx_bytes = 0
 
     @property
     def cipher(self) -> CipherSpec:
@@ -401,6 +403,7 @@ class DtlsChannel:
             return  # a DTLS peer may send types we do not know; ignore (§5.2)
         if frame.type == cstp.PacketType.DATA:
             self.rx_packets += 1
+            self.rx_bytes += len(frame.payload)
             self._on_packet(frame.payload)
         elif frame.type == cstp.PacketType.DPD_REQ:
             try:
@@ -433,6 +436,7 @@ class DtlsChannel:
             raise LocalProtocolError("DTLS is not up")
         self._send_frame(cstp.PacketType.DATA, packet)
         self.tx_packets += 1
+        self.tx_bytes += len(packet)
         await self._flush_or_fail(conn)
 
     async def _flush_or_fail(self, conn: DtlsConnection) -> None:

@@ -1,0 +1,433 @@
+"""The swarm: many synthetic sessions in one trio process, one task each.
+
+The swarm starts sessions on a schedule (closed or open model), holds each for
+its length with echo traffic, drives reconnect storms, and stops everything
+by itself at the run's end.  Every session's failure is an outcome recorded
+in the metrics; nothing a session does can stop the others or the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Protocol
+
+import trio
+
+from loadgen.engine.datapath import DataPath
+from loadgen.engine.session import SessionConfig, VpnSession, open_session
+from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.proto.cstp import DisconnectReason
+
+__all__ = ["Identity", "Swarm", "SwarmConfig", "SwarmMetrics", "SwarmStats"]
+
+log = logging.getLogger("loadgen.engine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity:
+    username: str
+    password: str = field(repr=False)
+    group: str | None
+    hostname: str
+
+
+class Schedule(Protocol):
+    """When to start the next session (a scheduled time, or None: not now)."""
+
+    def next_start(self, now: float, active: int) -> float | None: ...
+
+
+class SwarmMetrics(Protocol):
+    """What the swarm reports; ``loadgen.metrics.client.ClientMetrics`` fits."""
+
+    def observe_phase(self, phase: str, seconds: float) -> None: ...
+    def failure(self, phase: str, reason: str) -> None: ...
+    def session_started(self) -> None: ...
+    def session_outcome(self, outcome: str) -> None: ...
+    def channel_change(self, old: str | None, new: str | None) -> None: ...
+    def dtls_attempt(self) -> None: ...
+    def dtls_fallback(self, reason: str) -> None: ...
+    def dtls_retransmits(self, n: int) -> None: ...
+    def echo(self, channel: str, rtt_s: float | None) -> None: ...
+    def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
+    def reconnect(self, seconds: float) -> None: ...
+    def final_channel(self, channel: str) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class StormSpec:
+    """Every session drops and reconnects at ``at_s`` into the run."""
+
+    at_s: float
+    jitter_s: float = 0.0
+    backoff_s: float = 1.0
+    retries: int = 3
+    #: "cookie": CONNECT again with the cookie; "reauth": the whole login again
+    mode: str = "cookie"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmConfig:
+    base: SessionConfig
+    duration_s: float
+    #: seconds a session holds its tunnel; None: until the run ends
+    session_length: Callable[[random.Random], float | None] = lambda rng: None
+    echo_interval_s: float = 0.0
+    echo_timeout_s: float = 2.0
+    echo_payload_bytes: int = 56
+    #: echo requests per interval (bursts for throughput)
+    echo_burst: int = 1
+    storm: StormSpec | None = None
+    #: bound on sessions started over the whole run (None: unbounded)
+    max_sessions: int | None = None
+    seed: int = 0
+    #: DISCONNECT 0xb0 at the end (the cookie dies) rather than an empty one
+    logout: bool = True
+    #: grace for the final DISCONNECTs after the duration
+    stop_grace_s: float = 10.0
+
+
+@dataclass
+class SwarmStats:
+    """Live figures for the progress display (the metrics hold the real record)."""
+
+    started: int = 0
+    established: int = 0
+    failed: int = 0
+    closed: int = 0
+    connecting: int = 0
+    active: dict[str, int] = field(default_factory=lambda: {"cstp": 0, "dtls": 0})
+    failures: dict[str, int] = field(default_factory=dict)
+    connect_times: list[float] = field(default_factory=list)
+    echo_sent: int = 0
+    echo_received: int = 0
+    echo_rtts: list[float] = field(default_factory=list)
+    dtls_attempted: int = 0
+    dtls_fallbacks: int = 0
+    reconnects: int = 0
+    #: scheduled starts that began late (the generator could not keep up)
+    late_starts: int = 0
+    max_start_lateness_s: float = 0.0
+
+    def keep_recent(self, limit: int = 10_000) -> None:
+        for name in ("connect_times", "echo_rtts"):
+            values: list[float] = getattr(self, name)
+            if len(values) > limit:
+                del values[: len(values) - limit]
+
+
+class _SessionTrace:
+    """Per-session deltas already pushed to the metrics."""
+
+    __slots__ = ("attempts", "fallbacks", "retransmits", "traffic")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.fallbacks = 0
+        self.retransmits = 0
+        self.traffic: dict[str, tuple[int, int, int, int]] = {}
+
+
+class Swarm:
+    def __init__(
+        self,
+        config: SwarmConfig,
+        *,
+        ssl_context: ssl.SSLContext,
+        schedule: Schedule,
+        identities: Callable[[int], Identity],
+        metrics: SwarmMetrics,
+        source_ips: Iterator[str] | None = None,
+    ) -> None:
+        self.config = config
+        self._ctx = ssl_context
+        self._schedule = schedule
+        self._identities = identities
+        self.metrics = metrics
+        self._source_ips = source_ips
+        self._rng = random.Random(config.seed)
+        self.stats = SwarmStats()
+        self._active = 0
+        self._stop = trio.Event()
+        self._storm = trio.Event()
+        self._changed = trio.Event()
+        self.started_at = 0.0
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def stop(self) -> None:
+        """End the run early (Ctrl-C): sessions disconnect and the summary still comes."""
+        self._stop.set()
+
+    async def run(self) -> SwarmStats:
+        """Start, hold and stop sessions; returns when every session has ended."""
+        cfg = self.config
+        self.started_at = trio.current_time()
+        end = self.started_at + cfg.duration_s
+        async with trio.open_nursery() as nursery:
+            if cfg.storm is not None:
+                nursery.start_soon(self._storm_timer, self.started_at + cfg.storm.at_s)
+            index = 0
+            with trio.move_on_at(end):
+                while not self._stop.is_set():
+                    if cfg.max_sessions is not None and index >= cfg.max_sessions:
+                        await self._stop.wait()
+                        break
+                    now = trio.current_time()
+                    scheduled = self._schedule.next_start(now, self._active)
+                    if scheduled is None:
+                        # nothing due: wait until a session ends or a short tick
+                        with trio.move_on_after(0.05):
+                            await self._changed.wait()
+                        self._changed = trio.Event()
+                        continue
+                    if scheduled > now:
+                        with trio.move_on_at(scheduled):
+                            await self._stop.wait()
+                        continue
+                    lateness = now - scheduled
+                    if lateness > 0.05:
+                        self.stats.late_starts += 1
+                        self.stats.max_start_lateness_s = max(
+                            self.stats.max_start_lateness_s, lateness
+                        )
+                    self._active += 1
+                    nursery.start_soon(self._user, index, scheduled)
+                    index += 1
+            self._stop.set()
+        return self.stats
+
+    async def _storm_timer(self, at: float) -> None:
+        with trio.move_on_at(at):
+            await self._stop.wait()
+        if not self._stop.is_set():
+            log.info("reconnect storm: every session drops and reconnects")
+            self._storm.set()
+
+    # -- one session ----------------------------------------------------------------
+
+    def _session_config(self, index: int) -> SessionConfig:
+        ident = self._identities(index)
+        source = next(self._source_ips) if self._source_ips is not None else None
+        return dataclasses.replace(
+            self.config.base,
+            username=ident.username,
+            password=ident.password,
+            group=ident.group,
+            hostname=ident.hostname,
+            source_ip=source or self.config.base.source_ip,
+        )
+
+    async def _user(self, index: int, scheduled: float) -> None:
+        m, st = self.metrics, self.stats
+        st.started += 1
+        st.connecting += 1
+        m.session_started()
+        m.channel_change(None, "connecting")
+        channel: str | None = "connecting"
+        trace = _SessionTrace()
+        length = self.config.session_length(self._rng)
+        try:
+            async with open_session(self._session_config(index), self._ctx) as session:
+                try:
+                    await self._connect(session, scheduled, trace)
+                    tunnel = session.tunnel
+                    assert tunnel is not None
+                    st.connecting -= 1
+                    channel = tunnel.channel
+                    m.channel_change("connecting", channel)
+                    st.active[channel] += 1
+
+                    def moved(old: str, new: str) -> None:
+                        nonlocal channel
+                        m.channel_change(old, new)
+                        st.active[old] -= 1
+                        st.active[new] += 1
+                        channel = new
+
+                    tunnel.on_channel = moved
+                    deadline = self._deadline(length)
+                    await self._hold(session, deadline, trace)
+                    self._push(session, trace)
+                    if channel is not None:
+                        m.final_channel(channel)
+                    await self._leave(session)
+                    m.session_outcome("closed")
+                    st.closed += 1
+                except SessionFailedError as exc:
+                    self._failed(exc, session, trace)
+                except Exception as exc:  # a bug fails this session only
+                    log.exception("session %d: unexpected error", index)
+                    self._failed(
+                        SessionFailedError(Phase.TUNNEL, Reason.INTERNAL, type(exc).__name__),
+                        session,
+                        trace,
+                    )
+        finally:
+            if channel == "connecting":
+                st.connecting -= 1
+            elif channel is not None:
+                st.active[channel] -= 1
+            m.channel_change(channel, None)
+            self._active -= 1
+            self._changed.set()
+
+    def _failed(self, exc: SessionFailedError, session: VpnSession, trace: _SessionTrace) -> None:
+        st = self.stats
+        label = exc.label
+        st.failures[label] = st.failures.get(label, 0) + 1
+        st.failed += 1
+        self.metrics.failure(str(exc.phase), str(exc.reason))
+        self.metrics.session_outcome("failed")
+        self._push(session, trace)
+
+    def _deadline(self, length: float | None) -> float:
+        end = self.started_at + self.config.duration_s
+        if length is None:
+            return end
+        return min(end, trio.current_time() + length)
+
+    async def _connect(self, session: VpnSession, scheduled: float, trace: _SessionTrace) -> None:
+        await session.connect()
+        await session.wait_dtls()
+        for phase, seconds in session.phases.items():
+            self.metrics.observe_phase(str(phase), seconds)
+        # from the scheduled start: a late start counts (no coordinated omission)
+        whole = trio.current_time() - scheduled
+        self.metrics.observe_phase(str(Phase.CONNECT), whole)
+        self.stats.connect_times.append(whole)
+        self.stats.established += 1
+        self.stats.keep_recent()
+        self.metrics.session_outcome("established")
+        self._push(session, trace)
+
+    def _push(self, session: VpnSession, trace: _SessionTrace) -> None:
+        """DTLS and traffic counters of this session since the last push."""
+        tunnel = session.tunnel
+        if tunnel is None:
+            return
+        m, st = self.metrics, self.stats
+        dtls = tunnel.dtls
+        if dtls is not None:
+            report = dtls.report
+            for _ in range(report.attempts - trace.attempts):
+                m.dtls_attempt()
+                st.dtls_attempted += 1
+            for reason in report.fallbacks[trace.fallbacks :]:
+                m.dtls_fallback(str(reason))
+                st.dtls_fallbacks += 1
+            if report.retransmits > trace.retransmits:
+                m.dtls_retransmits(report.retransmits - trace.retransmits)
+            trace.attempts, trace.fallbacks = report.attempts, len(report.fallbacks)
+            trace.retransmits = report.retransmits
+        for name, now in tunnel.traffic().items():
+            before = trace.traffic.get(name, (0, 0, 0, 0))
+            if now != before:
+                m.traffic(name, "tx", now[0] - before[0], now[1] - before[1])
+                m.traffic(name, "rx", now[2] - before[2], now[3] - before[3])
+                trace.traffic[name] = now
+
+    async def _hold(self, session: VpnSession, deadline: float, trace: _SessionTrace) -> None:
+        cfg = self.config
+        interval = cfg.echo_interval_s
+        target = session.echo_target(None) if interval > 0 else None
+        stormed = False
+        # spread the first echo so thousands of sessions do not beat in step
+        next_echo = trio.current_time() + (self._rng.uniform(0, interval) if interval > 0 else 0)
+        while not self._stop.is_set():
+            tunnel = session.tunnel
+            assert tunnel is not None
+            wake = min(deadline, next_echo if target is not None else math.inf)
+            with trio.move_on_at(wake):
+                await _first(self._stop, self._storm, tunnel)
+            if tunnel.ended is not None:
+                raise tunnel.ended
+            if self._stop.is_set() or trio.current_time() >= deadline:
+                return
+            if self._storm.is_set() and cfg.storm is not None and not stormed:
+                stormed = True
+                await self._reconnect(session, cfg.storm, trace)
+                continue
+            if target is not None and trio.current_time() >= next_echo:
+                await self._echo(tunnel, target)
+                self._push(session, trace)
+                next_echo += interval
+
+    async def _echo(self, tunnel: DataPath, target: IPv4Address) -> None:
+        cfg = self.config
+        channel = tunnel.channel
+        result = await tunnel.echo(
+            target,
+            count=cfg.echo_burst,
+            interval_s=0.0,
+            timeout_s=cfg.echo_timeout_s,
+            payload_bytes=cfg.echo_payload_bytes,
+        )
+        st = self.stats
+        st.echo_sent += result.sent
+        st.echo_received += result.received
+        for rtt in result.rtts_s:
+            self.metrics.echo(channel, rtt)
+            st.echo_rtts.append(rtt)
+        for _ in range(result.sent - result.received):
+            self.metrics.echo(channel, None)
+
+    async def _reconnect(self, session: VpnSession, storm: StormSpec, trace: _SessionTrace) -> None:
+        """Drop the tunnel (no DISCONNECT) and come back, as after a network blip."""
+        self._push(session, trace)
+        await trio.sleep(self._rng.uniform(0, storm.jitter_s) if storm.jitter_s else 0)
+        start = trio.current_time()
+        await session.aclose()
+        trace.traffic.clear()
+        trace.attempts = trace.fallbacks = trace.retransmits = 0
+        last: SessionFailedError | None = None
+        for attempt in range(storm.retries + 1):
+            if attempt:
+                await trio.sleep(storm.backoff_s * 2 ** (attempt - 1))
+            try:
+                if storm.mode == "reauth":
+                    session.phases.clear()
+                    await session.connect()
+                else:
+                    await session.reconnect()
+                await session.wait_dtls()
+                break
+            except SessionFailedError as exc:
+                last = exc
+        else:
+            assert last is not None
+            raise last
+        self.metrics.reconnect(trio.current_time() - start)
+        self.stats.reconnects += 1
+        tunnel = session.tunnel
+        assert tunnel is not None
+        self._push(session, trace)
+
+    async def _leave(self, session: VpnSession) -> None:
+        reason = DisconnectReason.USER if self.config.logout else None
+        with trio.move_on_after(self.config.stop_grace_s) as scope:
+            scope.shield = True
+            await session.disconnect(reason)
+
+
+async def _first(stop: trio.Event, storm: trio.Event, tunnel: DataPath) -> None:
+    """Return when the run stops, a storm starts, or the tunnel ends."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, stop)
+        if not storm.is_set():
+            nursery.start_soon(wait, storm)
+        nursery.start_soon(wait, tunnel.cstp.ended_event)
