@@ -44,7 +44,7 @@ class DataPath:
             stream,
             params,
             on_packet=self.echoer.on_packet,
-            on_end=self.echoer.wake_all,
+            on_end=self._ended,
             random_bytes=random_bytes,
         )
         self.dtls: DtlsChannel | None = None
@@ -53,6 +53,8 @@ class DataPath:
         self._scope = trio.CancelScope()
         #: called with (old, new) channel names when data moves between CSTP and DTLS
         self.on_channel: Callable[[str, str], None] | None = None
+        #: called once when the tunnel ends (gateway DISCONNECT, DPD, broken TLS)
+        self.on_end: Callable[[], None] | None = None
         self._last_channel = "cstp"
 
     # -- lifecycle --------------------------------------------------------------
@@ -97,6 +99,11 @@ class DataPath:
             random_bytes=self._random,
         )
         nursery.start_soon(self._run_dtls)
+
+    def _ended(self) -> None:
+        self.echoer.wake_all()
+        if self.on_end is not None:
+            self.on_end()
 
     def _dtls_answered(self) -> bool:
         p = self.params

@@ -196,11 +196,11 @@ class ListFeeder(IdentityFeeder):
 def _check_pattern(pattern: str, what: str) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        if any(f != "n" for f in fields):
+            raise ValueError("the only field allowed is {n}")
         pattern.format(n=0)
-    except (ValueError, KeyError, IndexError) as exc:
+    except ValueError as exc:
         raise FeederError(f"bad {what} pattern {pattern!r}: {exc}") from None
-    if any(f != "n" for f in fields):
-        raise FeederError(f"bad {what} pattern {pattern!r}: the only field allowed is {{n}}")
     if what == "username" and not fields:
         raise FeederError(f"username pattern {pattern!r} needs {{n}} (e.g. user{{n}})")
 

@@ -277,7 +277,7 @@ class UniformLength:
 
 @dataclass(frozen=True)
 class UntilEnd:
-    def sample(self, rng: Rng) -> None:
+    def sample(self, rng: Rng) -> float | None:
         return None
 
 

@@ -158,6 +158,8 @@ class Swarm:
         self._stop = trio.Event()
         self._storm = trio.Event()
         self._changed = trio.Event()
+        #: one event per holding session, set to wake it (stop, storm, tunnel end)
+        self._pokes: set[trio.Event] = set()
         self.started_at = 0.0
 
     @property
@@ -167,6 +169,11 @@ class Swarm:
     def stop(self) -> None:
         """End the run early (Ctrl-C): sessions disconnect and the summary still comes."""
         self._stop.set()
+        self._poke_all()
+
+    def _poke_all(self) -> None:
+        for poke in self._pokes:
+            poke.set()
 
     async def run(self) -> SwarmStats:
         """Start, hold and stop sessions; returns when every session has ended."""
@@ -204,6 +211,7 @@ class Swarm:
                     nursery.start_soon(self._user, index, scheduled)
                     index += 1
             self._stop.set()
+            self._poke_all()
         return self.stats
 
     async def _storm_timer(self, at: float) -> None:
@@ -212,6 +220,7 @@ class Swarm:
         if not self._stop.is_set():
             log.info("reconnect storm: every session drops and reconnects")
             self._storm.set()
+            self._poke_all()
 
     # -- one session ----------------------------------------------------------------
 
@@ -337,6 +346,17 @@ class Swarm:
                 trace.traffic[name] = now
 
     async def _hold(self, session: VpnSession, deadline: float, trace: _SessionTrace) -> None:
+        pokes = [trio.Event()]
+        self._pokes.add(pokes[0])
+        try:
+            await self._hold_loop(session, deadline, trace, pokes)
+        finally:
+            self._pokes.discard(pokes[0])
+
+    async def _hold_loop(
+        self, session: VpnSession, deadline: float, trace: _SessionTrace, pokes: list[trio.Event]
+    ) -> None:
+        # pokes[0] is this session's current wake-up event (renewed after each use)
         cfg = self.config
         interval = cfg.echo_interval_s
         target = session.echo_target(None) if interval > 0 else None
@@ -346,9 +366,16 @@ class Swarm:
         while not self._stop.is_set():
             tunnel = session.tunnel
             assert tunnel is not None
+            poke = pokes[0]
+            tunnel.on_end = poke.set
             wake = min(deadline, next_echo if target is not None else math.inf)
-            with trio.move_on_at(wake):
-                await _first(self._stop, self._storm, tunnel)
+            if tunnel.ended is None and not (self._storm.is_set() and not stormed):
+                with trio.move_on_at(wake):
+                    await poke.wait()
+            if poke.is_set():
+                self._pokes.discard(poke)
+                pokes[0] = trio.Event()
+                self._pokes.add(pokes[0])
             if tunnel.ended is not None:
                 raise tunnel.ended
             if self._stop.is_set() or trio.current_time() >= deadline:
@@ -417,17 +444,3 @@ class Swarm:
         with trio.move_on_after(self.config.stop_grace_s) as scope:
             scope.shield = True
             await session.disconnect(reason)
-
-
-async def _first(stop: trio.Event, storm: trio.Event, tunnel: DataPath) -> None:
-    """Return when the run stops, a storm starts, or the tunnel ends."""
-    async with trio.open_nursery() as nursery:
-
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(wait, stop)
-        if not storm.is_set():
-            nursery.start_soon(wait, storm)
-        nursery.start_soon(wait, tunnel.cstp.ended_event)
