@@ -327,14 +327,16 @@ class StormMode(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class StormPlan:
-    """Every tunnel drops ``at_s`` seconds into the run; each session then
-    reconnects after ``storm_delay``: ``backoff_s`` (the client's reconnect
-    delay) plus a uniform jitter in ``[0, jitter_s]``.  ``jitter_s=0`` is the
-    worst case: everybody comes back in the same instant."""
+    """Every tunnel drops ``at_s`` seconds into the run.  Each session waits
+    ``storm_delay`` (uniform in ``[0, jitter_s]``) and reconnects; a failed
+    attempt n (1-based) is retried after ``retry_delay(n)``, exponential from
+    ``backoff_s``, at most ``retries`` times.  ``jitter_s=0`` is the worst
+    case: everybody comes back in the same instant."""
 
     at_s: float
     jitter_s: float = 0.0
-    backoff_s: float = 0.0
+    backoff_s: float = 1.0
+    retries: int = 3
     mode: StormMode = StormMode.COOKIE
 
     def __post_init__(self) -> None:
@@ -342,24 +344,34 @@ class StormPlan:
             value = getattr(self, name)
             if not (0 <= value < math.inf):
                 raise ValueError(f"storm {name} must be finite and >= 0, got {value!r}")
+        if self.retries < 0:
+            raise ValueError(f"storm retries must be >= 0, got {self.retries}")
 
     def storm_delay(self, rng: Rng) -> float:
-        jitter = rng.uniform(0.0, self.jitter_s) if self.jitter_s > 0 else 0.0
-        return self.backoff_s + jitter
+        """From the drop to this session's first reconnect attempt."""
+        return rng.uniform(0.0, self.jitter_s) if self.jitter_s > 0 else 0.0
+
+    def retry_delay(self, attempt: int) -> float:
+        """Before retry ``attempt`` (1 = the first retry): backoff, 2x backoff, 4x ..."""
+        if attempt < 1:
+            raise ValueError(f"retry attempts count from 1, got {attempt}")
+        return float(self.backoff_s * 2 ** (attempt - 1))
 
     @classmethod
     def parse(cls, text: str) -> StormPlan:
-        """``"at=30,jitter=2,backoff=1,mode=reauth"``; ``at`` is required,
-        durations as in ``parse_seconds``, mode ``cookie`` (default) or ``reauth``."""
+        """``"at=30,jitter=2,backoff=1,retries=3,mode=reauth"``; ``at`` is
+        required, durations as in ``parse_seconds``, mode ``cookie`` (default)
+        or ``reauth``."""
+        keys = ("at", "jitter", "backoff", "retries", "mode")
         fields: dict[str, str] = {}
         for item in _items(text):
             key, eq, value = item.partition("=")
             key = key.strip().lower()
             if not eq or not value.strip():
                 raise ValueError(f"bad storm plan {text!r}: {item!r} is not KEY=VALUE")
-            if key not in {"at", "jitter", "backoff", "mode"}:
+            if key not in keys:
                 raise ValueError(
-                    f"bad storm plan {text!r}: unknown key {key!r} (at, jitter, backoff, mode)"
+                    f"bad storm plan {text!r}: unknown key {key!r} ({', '.join(keys)})"
                 )
             if key in fields:
                 raise ValueError(f"bad storm plan {text!r}: {key!r} given twice")
@@ -369,11 +381,15 @@ class StormPlan:
         mode = fields.get("mode", "cookie").lower()
         if mode not in {m.value for m in StormMode}:
             raise ValueError(f"bad storm plan {text!r}: mode must be cookie or reauth")
+        retries = fields.get("retries", "3")
+        if not retries.isdecimal():
+            raise ValueError(f"bad storm plan {text!r}: retries must be a whole number >= 0")
         try:
             return cls(
                 at_s=parse_seconds(fields["at"]),
                 jitter_s=parse_seconds(fields.get("jitter", "0")),
-                backoff_s=parse_seconds(fields.get("backoff", "0")),
+                backoff_s=parse_seconds(fields.get("backoff", "1")),
+                retries=int(retries),
                 mode=StormMode(mode),
             )
         except ValueError as exc:
