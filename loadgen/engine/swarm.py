@@ -58,7 +58,7 @@ class SwarmMetrics(Protocol):
     def echo(self, channel: str, rtt_s: float | None) -> None: ...
     def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
     def reconnect(self, seconds: float) -> None: ...
-    def final_channel(self, channel: str) -> None: ...
+    def session_final_channel(self, channel: str) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,7 +268,7 @@ class Swarm:
                     await self._hold(session, deadline, trace)
                     self._push(session, trace)
                     if channel is not None:
-                        m.final_channel(channel)
+                        m.session_final_channel(channel)
                     await self._leave(session)
                     m.session_outcome("closed")
                     st.closed += 1
