@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from loadgen import __version__
-from loadgen.cli import connect, gateway
+from loadgen.cli import connect, gateway, run
 
 __all__ = ["main"]
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     connect.add_parser(sub)
     gateway.add_parser(sub)
+    run.add_parser(sub)
     return parser
 
 

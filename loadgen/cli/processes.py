@@ -1,0 +1,249 @@
+"""``loadgen run --processes N``: N engine processes, one merged summary.
+
+One process holds at most about 9,900 DTLS sessions here (20,000 file
+descriptors, a TCP and a UDP socket each), so larger runs split the sessions
+and the start rate across child processes.  Each child takes its own slice of
+identities (``--worker k/N``), reports its status as JSON lines for the
+progress display, and leaves its final Prometheus exposition in a file; the
+summary is computed from the merged histograms and counters, never from raw
+samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.live import Live
+
+from loadgen.cli.progress import Progress, print_summary
+from loadgen.gateway.embedded import embedded_gateway
+from loadgen.metrics.summary import build_summary, generator_from_samples, merge, parse_exposition
+from loadgen.metrics.thresholds import Threshold, evaluate
+
+__all__ = ["run_parent"]
+
+#: options of the parent that children must not see (they get their own)
+_PARENT_ONLY = {
+    "--processes": 1,
+    "--summary": 1,
+    "--threshold": 1,
+    "--linger": 1,
+    "--sessions": 1,
+    "--rate": 1,
+    "--arrival-rate": 1,
+    "--metrics-port": 1,
+    "--password": 1,
+    "--password-stdin": 0,
+    "--no-progress": 0,
+}
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
+    out: list[str] = []
+    skip = 0
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = token.split("=", 1)[0]
+        if name in _PARENT_ONLY:
+            skip = 0 if "=" in token else _PARENT_ONLY[name]
+            continue
+        if token == args.url:
+            continue
+        out.append(token)
+    return out
+
+
+def run_parent(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, thresholds: list[Threshold]
+) -> int:
+    del parser
+    return trio.run(_parent, args, thresholds)
+
+
+async def _parent(args: argparse.Namespace, thresholds: list[Threshold]) -> int:
+    if args.url is None:
+        async with embedded_gateway() as gw:
+            return await _spawn_all(args, thresholds, gw.url, str(gw.ca_path), "loadgen")
+    return await _spawn_all(args, thresholds, args.url, args.cafile, args.password)
+
+
+async def _spawn_all(
+    args: argparse.Namespace,
+    thresholds: list[Threshold],
+    url: str,
+    cafile: str | None,
+    password: str | None,
+) -> int:
+    n = args.processes
+    console = Console(stderr=True)
+    statuses: list[dict[str, Any]] = [{} for _ in range(n)]
+    codes: list[int | None] = [None] * n
+    with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
+        expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
+        async with trio.open_nursery() as nursery:
+            for k in range(n):
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "loadgen",
+                    "run",
+                    url,
+                    *_child_args(args),
+                    "--worker",
+                    f"{k}/{n}",
+                    "--exposition",
+                    str(expositions[k]),
+                    "--sessions",
+                    str(math.ceil(args.sessions / n)),
+                    "--rate",
+                    str(args.rate / n),
+                    "--password-stdin",
+                    "--no-progress",
+                ]
+                if args.arrival_rate is not None:
+                    argv += ["--arrival-rate", str(args.arrival_rate / n)]
+                if cafile is not None and "--cafile" not in argv:
+                    argv += ["--cafile", cafile]
+                if args.metrics_port is not None:
+                    argv += ["--metrics-port", str(args.metrics_port)]
+                nursery.start_soon(_child, argv, password or "", statuses, codes, k)
+            if not args.no_progress:
+                nursery.start_soon(_progress, args, statuses, codes, console)
+            while None in codes:
+                await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+        missing = [k for k, p in enumerate(expositions) if not p.exists()]
+        if missing:
+            console.print(
+                f"[red]engine processes {missing} ended without results (exit {codes})[/red]"
+            )
+            return 1
+        samples = merge(parse_exposition(p.read_text()) for p in expositions)
+        saturated = any(p.with_suffix(".saturated").read_text() == "1" for p in expositions)
+    summary = build_summary(samples, generator=generator_from_samples(samples, saturated=saturated))
+    results = evaluate(thresholds, summary)
+    if args.summary is not None:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(Console(), summary, results)
+    return 0 if all(r.passed for r in results) else 1
+
+
+async def _child(
+    argv: list[str], password: str, statuses: list[dict[str, Any]], codes: list[int | None], k: int
+) -> None:
+    proc = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send_all(password.encode() + b"\n")
+        await proc.stdin.aclose()
+        buf = b""
+        while True:
+            chunk = await proc.stdout.receive_some(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    statuses[k] = json.loads(line)
+                except ValueError:
+                    continue
+        codes[k] = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with trio.CancelScope(shield=True):
+                proc.terminate()
+                with trio.move_on_after(15):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+
+def _aggregate(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {
+        "elapsed": 0.0,
+        "active": {"cstp": 0, "dtls": 0},
+        "failures": {},
+        "connect_times": [],
+        "echo_rtts": [],
+        "saturated": False,
+        "cpu_seconds": 0.0,
+    }
+    for s in statuses:
+        if not s:
+            continue
+        total["elapsed"] = max(total["elapsed"], s["elapsed"])
+        for ch, v in s["active"].items():
+            total["active"][ch] = total["active"].get(ch, 0) + v
+        for key in (
+            "connecting",
+            "started",
+            "established",
+            "failed",
+            "closed",
+            "echo_sent",
+            "echo_received",
+            "dtls_attempted",
+            "dtls_fallbacks",
+            "tx_bytes",
+            "rx_bytes",
+        ):
+            total[key] = total.get(key, 0) + s.get(key, 0)
+        for k, v in s["failures"].items():
+            total["failures"][k] = total["failures"].get(k, 0) + v
+        total["connect_times"] += s["connect_times"]
+        total["echo_rtts"] += s["echo_rtts"]
+        total["saturated"] = total["saturated"] or s["saturated"]
+        total["cpu_seconds"] += s["cpu_seconds"]
+    for key in (
+        "connecting",
+        "started",
+        "established",
+        "failed",
+        "closed",
+        "echo_sent",
+        "echo_received",
+        "dtls_attempted",
+        "dtls_fallbacks",
+        "tx_bytes",
+        "rx_bytes",
+    ):
+        total.setdefault(key, 0)
+    return total
+
+
+async def _progress(
+    args: argparse.Namespace,
+    statuses: list[dict[str, Any]],
+    codes: list[int | None],
+    console: Console,
+) -> None:
+    progress = Progress(console, args.duration)
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=2) as live:
+            while None in codes:
+                await trio.sleep(1.0)
+                live.update(progress.render(_aggregate(statuses)))
+        return
+    while None in codes:
+        await trio.sleep(5.0)
+        s = _aggregate(statuses)
+        console.print(
+            f"{s['elapsed']:.0f}s active {s['active']} established {s['established']} "
+            f"failed {s['failed']} echo {s['echo_received']}/{s['echo_sent']}"
+        )

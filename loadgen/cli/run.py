@@ -1,0 +1,486 @@
+"""``loadgen run [URL]``: the trio engine alone, with progress, metrics, summary, thresholds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, start_http_server
+from rich.console import Console
+from rich.live import Live
+
+from loadgen.cli import processes
+from loadgen.cli.connect import _cipher_list, _positive_float, _schedule
+from loadgen.cli.progress import Progress, print_summary
+from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
+from loadgen.engine.feeder import (
+    FeederError,
+    HostnameFactory,
+    IdentityFeeder,
+    PatternFeeder,
+    load_credentials,
+    new_run_id,
+)
+from loadgen.engine.limits import (
+    CapacityError,
+    SourceIpPool,
+    check_capacity,
+    parse_source_ips,
+    raise_nofile_limit,
+)
+from loadgen.engine.loadmodel import ClosedModel, OpenModel, StormPlan, parse_length
+from loadgen.engine.session import DEFAULT_USER_AGENT, DownloadMode, SessionConfig
+from loadgen.engine.swarm import Identity, StormSpec, Swarm, SwarmConfig
+from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
+from loadgen.engine.url import parse_gateway_url
+from loadgen.gateway.embedded import embedded_gateway
+from loadgen.metrics.client import ClientMetrics
+from loadgen.metrics.lag import SaturationDetector, generator_stats, monitor_loop_lag
+from loadgen.metrics.summary import build_summary, samples_from_registry
+from loadgen.metrics.thresholds import ThresholdError, evaluate, parse_threshold, validate
+from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
+
+__all__ = ["add_parser"]
+
+EXIT_OK = 0
+EXIT_THRESHOLDS = 1
+EXIT_USAGE = 2
+EMBEDDED_PASSWORD = "loadgen"
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run",
+        help="run many sessions against a gateway: progress, Prometheus, summary, thresholds",
+        description=(
+            "Run N synthetic AnyConnect sessions in one trio process (or --processes N), with "
+            "live progress, Prometheus metrics and a summary; --threshold expressions decide the "
+            "exit status (0 all pass, 1 one failed, 2 bad usage).  Without a URL the reference "
+            "gateway is started on loopback as the target.  Every run stops by itself after "
+            "--duration; Ctrl-C stops early, sessions still send DISCONNECT and the summary is "
+            "still written."
+        ),
+    )
+    p.add_argument("url", nargs="?", help="gateway URL; none: the embedded reference gateway")
+    load = p.add_argument_group("load")
+    load.add_argument(
+        "--sessions",
+        type=int,
+        default=10,
+        metavar="N",
+        help="closed model: concurrent sessions to reach and hold (default 10)",
+    )
+    load.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=10.0,
+        metavar="R",
+        help="sessions started per second while ramping (default 10)",
+    )
+    load.add_argument(
+        "--arrival-rate",
+        type=_positive_float,
+        metavar="R",
+        help="open model instead: R new sessions per second, whatever is active "
+        "(--sessions then caps the concurrent sessions)",
+    )
+    load.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=60.0,
+        metavar="S",
+        help="run length in seconds; the run stops by itself (default 60)",
+    )
+    load.add_argument(
+        "--session-length",
+        default="until-end",
+        metavar="SPEC",
+        help="how long a session holds: seconds, exp:MEAN, uniform:LO-HI or "
+        "until-end (default); closed model replaces ended sessions",
+    )
+    load.add_argument(
+        "--storm",
+        metavar="SPEC",
+        help="reconnect storm, e.g. at=30,jitter=2,backoff=1: every session drops "
+        "its tunnel and reconnects",
+    )
+    load.add_argument(
+        "--reconnect",
+        choices=["cookie", "reauth"],
+        default="cookie",
+        help="storm reconnects with the cookie (default) or log in again",
+    )
+    load.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="engine processes; one holds at most about 9,900 DTLS sessions here",
+    )
+    load.add_argument(
+        "--source-ip",
+        metavar="RANGE",
+        help="source addresses, e.g. 127.0.0.2-127.0.0.200 (loopback only)",
+    )
+    load.add_argument("--seed", type=int, default=0, help="random seed (jitter, lengths)")
+    traffic = p.add_argument_group("traffic")
+    traffic.add_argument(
+        "--echo-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between echo requests per session (0: none; default 5)",
+    )
+    traffic.add_argument("--echo-size", type=int, default=56, metavar="BYTES")
+    traffic.add_argument("--echo-timeout", type=_positive_float, default=2.0, metavar="S")
+    traffic.add_argument(
+        "--echo-burst",
+        type=int,
+        default=1,
+        metavar="N",
+        help="echo requests per interval (throughput)",
+    )
+    cred = p.add_argument_group("credentials (identities are unique per session and process)")
+    cred.add_argument(
+        "--user-pattern",
+        default="user{n}",
+        metavar="PATTERN",
+        help="user names, {n} the session index (default user{n})",
+    )
+    cred.add_argument("--password", help="password for the pattern (prefer --password-stdin)")
+    cred.add_argument("--password-stdin", action="store_true")
+    cred.add_argument(
+        "--users-file",
+        type=Path,
+        metavar="FILE",
+        help="user:password[:group] lines or CSV instead of a pattern",
+    )
+    cred.add_argument("-g", "--group", help="group by name or alias")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument("--cafile")
+    tls.add_argument("--servername")
+    tls.add_argument("--servercert", metavar="PIN")
+    tls.add_argument("--insecure", action="store_true")
+    sess = p.add_argument_group("session")
+    sess.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="bound for each of phases 1 to 5",
+    )
+    sess.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
+    sess.add_argument(
+        "--download",
+        choices=[m.value for m in DownloadMode],
+        default=DownloadMode.NEW_CONNECTION.value,
+    )
+    dtls = p.add_argument_group("DTLS")
+    dtls.add_argument("--no-dtls", action="store_true")
+    dtls.add_argument("--dtls-ciphers", type=_cipher_list(KNOWN_DTLS_CIPHERS), metavar="LIST")
+    dtls.add_argument("--dtls12-ciphers", type=_cipher_list(KNOWN_DTLS12_CIPHERS), metavar="LIST")
+    dtls.add_argument(
+        "--dtls-schedule",
+        type=_schedule,
+        metavar="S,S,...",
+        default=(0.0, 1.0, 3.0, 7.0, 15.0, 31.0),
+    )
+    dtls.add_argument("--dtls-reattempt", type=float, default=60.0, metavar="S")
+    dtls.add_argument("--dtls-host")
+    dtls.add_argument("--dtls-port", type=int)
+    out = p.add_argument_group("output")
+    out.add_argument("--summary", type=Path, metavar="FILE", help="write the JSON summary here")
+    out.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="KEY OP VALUE[unit], e.g. 'phases.connect.p95<2s', "
+        "'failure_ratio<0.01', 'echo.rtt_p95<50ms' (repeatable)",
+    )
+    out.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P (processes: P, P+1, ...)",
+    )
+    out.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="keep /metrics up S seconds after the run for a last scrape",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no live progress display")
+    # internal: one engine process of --processes N
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--exposition", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(func=_main)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        thresholds = [parse_threshold(t) for t in args.threshold]
+        validate(thresholds)
+        _check_args(args)
+    except (ThresholdError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.password_stdin:
+        args.password = sys.stdin.readline().rstrip("\r\n")
+    if args.processes > 1 and args.worker is None:
+        return processes.run_parent(parser, args, thresholds)
+    soft, _hard = raise_nofile_limit()
+    per_process = args.sessions
+    try:
+        check_capacity(per_process, dtls=not args.no_dtls, soft_limit=soft)
+    except CapacityError as exc:
+        parser.error(str(exc))
+    return trio.run(_run, args, thresholds)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.sessions < 1:
+        raise ValueError("--sessions must be at least 1")
+    if args.processes < 1:
+        raise ValueError("--processes must be at least 1")
+    parse_length(args.session_length)
+    if args.storm:
+        StormPlan.parse(args.storm)
+    if args.source_ip:
+        parse_source_ips(args.source_ip)
+    if args.servercert:
+        parse_pin(args.servercert)
+    if args.url is None and (args.cafile or args.servercert or args.insecure):
+        raise ValueError("TLS options need a URL: the embedded gateway brings its own CA")
+    if args.url is not None:
+        parse_gateway_url(args.url)
+
+
+def worker_slice(args: argparse.Namespace) -> tuple[int, int]:
+    if args.worker is None:
+        return 0, 1
+    index, _, count = args.worker.partition("/")
+    return int(index), int(count)
+
+
+def _feeder(args: argparse.Namespace, password: str | None) -> IdentityFeeder:
+    index, count = worker_slice(args)
+    if args.users_file is not None:
+        feeder: IdentityFeeder = load_credentials(args.users_file)
+    else:
+        feeder = PatternFeeder(args.user_pattern, password=password or "", group=args.group)
+    return feeder.slice(index, count)
+
+
+def _dtls(args: argparse.Namespace) -> DtlsOptions | None:
+    if args.no_dtls:
+        return None
+    ciphers, ciphers12 = args.dtls_ciphers, args.dtls12_ciphers
+    if ciphers is None and ciphers12 is None:
+        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
+    return DtlsOptions(
+        ciphers=ciphers,
+        ciphers12=ciphers12,
+        schedule_s=args.dtls_schedule,
+        reattempt_s=args.dtls_reattempt,
+        host=args.dtls_host,
+        port=args.dtls_port,
+    )
+
+
+def _swarm_config(
+    args: argparse.Namespace, url: str, tls: TlsOptions, password: str
+) -> SwarmConfig:
+    length = parse_length(args.session_length)
+    storm = None
+    if args.storm:
+        plan = StormPlan.parse(args.storm)
+        storm = StormSpec(
+            at_s=plan.at_s,
+            jitter_s=plan.jitter_s,
+            backoff_s=plan.backoff_s,
+            retries=plan.retries,
+            mode=args.reconnect,
+        )
+    base = SessionConfig(
+        url=parse_gateway_url(url),
+        username="",
+        password=password,
+        group=args.group,
+        tls=tls,
+        user_agent=args.user_agent,
+        timeout_s=args.timeout,
+        download=DownloadMode(args.download),
+        dtls=_dtls(args),
+    )
+    return SwarmConfig(
+        base=base,
+        duration_s=args.duration,
+        session_length=length.sample,
+        echo_interval_s=args.echo_interval,
+        echo_timeout_s=args.echo_timeout,
+        echo_payload_bytes=args.echo_size,
+        echo_burst=args.echo_burst,
+        storm=storm,
+        seed=args.seed,
+    )
+
+
+def _schedule_for(args: argparse.Namespace) -> ClosedModel | OpenModel:
+    if args.arrival_rate is not None:
+        return OpenModel(args.arrival_rate, max_active=args.sessions)
+    return ClosedModel(args.sessions, args.rate)
+
+
+async def _run(args: argparse.Namespace, thresholds: list[Any]) -> int:
+    if args.url is None:
+        async with embedded_gateway() as gw:
+            return await _run_against(args, thresholds, gw.url, str(gw.ca_path), EMBEDDED_PASSWORD)
+    return await _run_against(args, thresholds, args.url, args.cafile, args.password)
+
+
+async def _run_against(
+    args: argparse.Namespace,
+    thresholds: list[Any],
+    url: str,
+    cafile: str | None,
+    password: str | None,
+) -> int:
+    worker_index, _count = worker_slice(args)
+    console = Console(stderr=True)
+    registry = CollectorRegistry()
+    metrics = ClientMetrics(registry)
+    if args.metrics_port is not None:
+        port = args.metrics_port + (worker_index if args.worker else 0)
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+    pin = parse_pin(args.servercert) if args.servercert else None
+    tls = TlsOptions(cafile=cafile, servername=args.servername, pin=pin, insecure=args.insecure)
+    feeder = _feeder(args, password if args.users_file is None else None)
+    hostnames = HostnameFactory(new_run_id(os.urandom), worker_index)
+
+    def identity(n: int) -> Identity:
+        creds = feeder.get(n)
+        return Identity(
+            username=creds.username,
+            password=creds.password,
+            group=creds.group or args.group,
+            hostname=hostnames.hostname(n),
+        )
+
+    sources = None
+    if args.source_ip:
+        sources = iter(SourceIpPool(parse_source_ips(args.source_ip), start=worker_index))
+    try:
+        feeder.require(args.sessions if args.arrival_rate is None else 1)
+    except FeederError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return EXIT_USAGE
+    swarm = Swarm(
+        _swarm_config(args, url, tls, password or ""),
+        ssl_context=build_client_context(tls),
+        schedule=_schedule_for(args),
+        identities=identity,
+        metrics=metrics,
+        source_ips=sources,
+    )
+    detector = SaturationDetector(metrics=metrics)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, swarm, console)
+        nursery.start_soon(lambda: monitor_loop_lag(metrics, detector=detector))
+        nursery.start_soon(_report, args, swarm, registry, detector, console)
+        await swarm.run()
+        nursery.cancel_scope.cancel()
+    gen = generator_stats(detector)
+    summary = build_summary(samples_from_registry(registry), generator=gen)
+    results = evaluate(thresholds, summary)
+    if args.exposition is not None:
+        from prometheus_client import generate_latest
+
+        args.exposition.write_bytes(generate_latest(registry))
+        args.exposition.with_suffix(".saturated").write_text("1" if gen["saturated"] else "0")
+    if args.summary is not None and args.worker is None:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.worker is None:
+        print_summary(Console(), summary, results)
+    if args.linger > 0 and args.metrics_port is not None:
+        console.print(f"keeping /metrics up for {args.linger:g} s")
+        await trio.sleep(args.linger)
+    return EXIT_OK if all(r.passed for r in results) else EXIT_THRESHOLDS
+
+
+async def _watch_signals(swarm: Swarm, console: Console) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            console.print("stopping: sessions disconnect, the summary follows (again to abort)")
+            swarm.stop()
+            break
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+
+def status_of(
+    swarm: Swarm, registry: CollectorRegistry, detector: SaturationDetector
+) -> dict[str, Any]:
+    st = swarm.stats
+    samples = samples_from_registry(registry)
+    return {
+        "elapsed": trio.current_time() - swarm.started_at if swarm.started_at else 0.0,
+        "active": dict(st.active),
+        "connecting": st.connecting,
+        "started": st.started,
+        "established": st.established,
+        "failed": st.failed,
+        "closed": st.closed,
+        "failures": dict(st.failures),
+        "connect_times": st.connect_times[-2000:],
+        "echo_sent": st.echo_sent,
+        "echo_received": st.echo_received,
+        "echo_rtts": st.echo_rtts[-2000:],
+        "dtls_attempted": st.dtls_attempted,
+        "dtls_fallbacks": st.dtls_fallbacks,
+        "tx_bytes": samples.total("loadgen_tunnel_bytes_total", direction="tx"),
+        "rx_bytes": samples.total("loadgen_tunnel_bytes_total", direction="rx"),
+        "saturated": detector.saturated,
+        "ever_saturated": detector.ever_saturated,
+        "cpu_seconds": generator_stats(detector)["cpu_seconds"],
+    }
+
+
+async def _report(
+    args: argparse.Namespace,
+    swarm: Swarm,
+    registry: CollectorRegistry,
+    detector: SaturationDetector,
+    console: Console,
+) -> None:
+    """Progress: a live table on a terminal, a line every 5 s otherwise, JSON for a parent."""
+    if args.worker is not None:
+        while True:
+            await trio.sleep(1.0)
+            status = status_of(swarm, registry, detector)
+            status["connect_times"] = status["connect_times"][-200:]
+            status["echo_rtts"] = status["echo_rtts"][-200:]
+            print(json.dumps(status), flush=True)
+    if args.no_progress:
+        return
+    progress = Progress(console, args.duration)
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            while True:
+                await trio.sleep(1.0)
+                live.update(progress.render(status_of(swarm, registry, detector)))
+    while True:
+        await trio.sleep(5.0)
+        s = status_of(swarm, registry, detector)
+        console.print(
+            f"{s['elapsed']:.0f}s active {s['active']} connecting {s['connecting']} "
+            f"established {s['established']} failed {s['failed']} "
+            f"echo {s['echo_received']}/{s['echo_sent']}" + (" SATURATED" if s["saturated"] else "")
+        )
