@@ -17,6 +17,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from loadgen.engine.limits import raise_nofile_limit
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
@@ -295,6 +296,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         ctx, ca_path = _ssl_context(args, cert_dir)
     except (OSError, ssl.SSLError) as exc:
         parser.error(f"cannot load the certificate: {exc}")
+    raise_nofile_limit()  # one TCP connection per tunnel: use the whole hard limit
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, process=True)
     metrics_port: int | None = None
