@@ -168,6 +168,7 @@ def add_parser(sub: Any) -> None:
     knobs.add_argument("--delay-auth-ms", type=int, default=0, help="before each auth answer")
     knobs.add_argument("--delay-connect-ms", type=int, default=0, help="before each CONNECT answer")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.set_defaults(func=_main)
 
 
@@ -311,7 +312,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     gateway.profile_body = profile_body
     listening = True  # a KeyboardInterrupt is a normal stop too
     with contextlib.suppress(KeyboardInterrupt):
-        listening = trio.run(_serve, gateway, ca_path, metrics_port, args.listen)
+        listening = trio.run(
+            _serve, gateway, ca_path, metrics_port, args.listen, args.exit_with_parent
+        )
     if not listening:
         return 1
     print("gateway stopped", file=sys.stderr)
@@ -319,7 +322,11 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    gateway: Gateway, ca_path: Path | None, metrics_port: int | None, listen: str
+    gateway: Gateway,
+    ca_path: Path | None,
+    metrics_port: int | None,
+    listen: str,
+    parent_pid: int | None = None,
 ) -> bool:
     """Serve until SIGTERM or SIGINT; False when the gateway could not listen."""
     async with trio.open_nursery() as nursery:
@@ -335,12 +342,28 @@ async def _serve(
             print(f"CA certificate: {ca_path}", flush=True)
         if metrics_port is not None:
             print(f"metrics: http://{shown}:{metrics_port}/metrics", flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                print("stopping the gateway", file=sys.stderr, flush=True)
-                # TERMINATE first, so clients see an orderly end, not a reset
-                with trio.move_on_after(SHUTDOWN_S):
-                    await gateway.terminate_tunnels()
-                nursery.cancel_scope.cancel()
-                break
+        stop = trio.Event()
+        if parent_pid is not None:
+            nursery.start_soon(_watch_parent, parent_pid, stop)
+        nursery.start_soon(_watch_signals, stop)
+        await stop.wait()
+        print("stopping the gateway", file=sys.stderr, flush=True)
+        # TERMINATE first, so clients see an orderly end, not a reset
+        with trio.move_on_after(SHUTDOWN_S):
+            await gateway.terminate_tunnels()
+        nursery.cancel_scope.cancel()
     return True
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def _watch_parent(parent_pid: int, stop: trio.Event) -> None:
+    """An embedded gateway ends when the process that started it is gone."""
+    while os.getppid() == parent_pid:
+        await trio.sleep(1.0)
+    stop.set()

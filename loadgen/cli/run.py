@@ -329,6 +329,7 @@ def _swarm_config(
         echo_burst=args.echo_burst,
         storm=storm,
         seed=args.seed,
+        max_start_rate=args.arrival_rate or args.rate,
     )
 
 

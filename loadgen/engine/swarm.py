@@ -87,6 +87,9 @@ class SwarmConfig:
     storm: StormSpec | None = None
     #: bound on sessions started over the whole run (None: unbounded)
     max_sessions: int | None = None
+    #: starts per second, replacements included: a gateway that refuses every
+    #: session must not turn a closed model into a tight retry loop
+    max_start_rate: float | None = None
     seed: int = 0
     #: DISCONNECT 0xb0 at the end (the cookie dies) rather than an empty one
     logout: bool = True
@@ -184,6 +187,7 @@ class Swarm:
             if cfg.storm is not None:
                 nursery.start_soon(self._storm_timer, self.started_at + cfg.storm.at_s)
             index = 0
+            next_allowed = -math.inf
             with trio.move_on_at(end):
                 while not self._stop.is_set():
                     if cfg.max_sessions is not None and index >= cfg.max_sessions:
@@ -201,6 +205,12 @@ class Swarm:
                         with trio.move_on_at(scheduled):
                             await self._stop.wait()
                         continue
+                    if now < next_allowed:
+                        with trio.move_on_at(next_allowed):
+                            await self._stop.wait()
+                        now = trio.current_time()
+                        if self._stop.is_set():
+                            break
                     lateness = now - scheduled
                     if lateness > 0.05:
                         self.stats.late_starts += 1
@@ -210,6 +220,8 @@ class Swarm:
                     self._active += 1
                     nursery.start_soon(self._user, index, scheduled)
                     index += 1
+                    if cfg.max_start_rate:
+                        next_allowed = max(next_allowed, now) + 1.0 / cfg.max_start_rate
             self._stop.set()
             self._poke_all()
         return self.stats

@@ -3,13 +3,14 @@
 Used when a command gets no gateway URL.  A separate process keeps the
 gateway's CPU out of the client's measurements; it listens on a free port of
 127.0.0.1, its CA goes to a private temporary directory, and it is stopped
-(SIGTERM, then SIGKILL) when the caller is done, whatever happens.
+(SIGTERM, then SIGKILL) when the caller is done, whatever happens.  If the
+caller dies without cleaning up, the gateway notices its parent is gone and
+exits (``--exit-with-parent``; PR_SET_PDEATHSIG cannot be used: trio starts
+processes from a worker thread, and the signal fires when that thread ends).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import re
 import signal
 import subprocess
@@ -26,7 +27,6 @@ __all__ = ["EmbeddedGateway", "embedded_gateway"]
 
 _URL = re.compile(rb"gateway listening: (https://\S+)")
 _CA = re.compile(rb"CA certificate: (\S+)")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +68,6 @@ async def embedded_gateway(
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
             )
         try:
             url, ca = await _read_banner(proc, start_timeout_s, log_path)
@@ -96,12 +95,6 @@ async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> 
         tail = log_path.read_text(errors="replace")[-1500:]
         raise EmbeddedGatewayError(f"the embedded gateway did not start: {tail}")
     return url, ca
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, so no gateway is orphaned."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _stop(proc: trio.Process) -> None:
