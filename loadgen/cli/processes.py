@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import signal
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,16 @@ async def _spawn_all(
     cafile: str | None,
     password: str | None,
 ) -> int:
-    n = args.processes
+    # every process holds at least one session
+    n = min(args.processes, args.sessions)
     console = Console(stderr=True)
     statuses: list[dict[str, Any]] = [{} for _ in range(n)]
     codes: list[int | None] = [None] * n
+    procs: list[trio.Process | None] = [None] * n
     with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
         expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_signals, procs, console)
             for k in range(n):
                 argv = [
                     sys.executable,
@@ -106,7 +110,8 @@ async def _spawn_all(
                     "--exposition",
                     str(expositions[k]),
                     "--sessions",
-                    str(math.ceil(args.sessions / n)),
+                    # the sessions split exactly: the first ones take one more
+                    str(args.sessions // n + (1 if k < args.sessions % n else 0)),
                     "--rate",
                     str(args.rate / n),
                     "--password-stdin",
@@ -118,7 +123,9 @@ async def _spawn_all(
                     argv += ["--cafile", cafile]
                 if args.metrics_port is not None:
                     argv += ["--metrics-port", str(args.metrics_port)]
-                nursery.start_soon(_child, argv, password or "", statuses, codes, k)
+                nursery.start_soon(
+                    partial(_child, argv, password or "", statuses, codes, procs, k=k)
+                )
             if not args.no_progress:
                 nursery.start_soon(_progress, args, statuses, codes, console)
             while None in codes:
@@ -140,12 +147,38 @@ async def _spawn_all(
     return 0 if all(r.passed for r in results) else 1
 
 
+async def _forward_signals(procs: list[trio.Process | None], console: Console) -> None:
+    """Ctrl-C (or SIGTERM) once: each engine stops cleanly and the merged summary
+    still comes; twice: abort.  The engines live in their own sessions, so a
+    terminal's Ctrl-C reaches them only this way, once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            console.print("stopping: sessions disconnect, the summary follows (again to abort)")
+            for proc in procs:
+                if proc is not None and proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            break
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+
 async def _child(
-    argv: list[str], password: str, statuses: list[dict[str, Any]], codes: list[int | None], k: int
+    argv: list[str],
+    password: str,
+    statuses: list[dict[str, Any]],
+    codes: list[int | None],
+    procs: list[trio.Process | None],
+    *,
+    k: int,
 ) -> None:
     proc = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        start_new_session=True,
     )
+    procs[k] = proc
     try:
         assert proc.stdin is not None and proc.stdout is not None
         await proc.stdin.send_all(password.encode() + b"\n")

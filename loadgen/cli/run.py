@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from loadgen.cli.connect import _cipher_list, _positive_float, _schedule
 from loadgen.cli.progress import Progress, print_summary
 from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
 from loadgen.engine.feeder import (
+    Credentials,
     FeederError,
     HostnameFactory,
     IdentityFeeder,
@@ -357,17 +359,25 @@ async def _run_against(
     console = Console(stderr=True)
     registry = CollectorRegistry()
     metrics = ClientMetrics(registry)
-    if args.metrics_port is not None:
-        port = args.metrics_port + (worker_index if args.worker else 0)
-        start_http_server(port, addr="127.0.0.1", registry=registry)
-        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
     pin = parse_pin(args.servercert) if args.servercert else None
     tls = TlsOptions(cafile=cafile, servername=args.servername, pin=pin, insecure=args.insecure)
-    feeder = _feeder(args, password if args.users_file is None else None)
+    try:
+        feeder = _feeder(args, password if args.users_file is None else None)
+        feeder.require(args.sessions if args.arrival_rate is None else 1)
+        ssl_context = build_client_context(tls)
+    except FeederError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return EXIT_USAGE
+    except (OSError, ssl.SSLError) as exc:
+        console.print(f"[red]cannot set up TLS: {exc}[/red]")
+        return EXIT_USAGE
+    # No two live sessions share a user (the gateway would evict one): an
+    # ended session's identity serves its replacement.
+    pool = feeder.pool()
     hostnames = HostnameFactory(new_run_id(os.urandom), worker_index)
 
     def identity(n: int) -> Identity:
-        creds = feeder.get(n)
+        creds = pool.acquire()
         return Identity(
             username=creds.username,
             password=creds.password,
@@ -375,19 +385,26 @@ async def _run_against(
             hostname=hostnames.hostname(n),
         )
 
+    def release(ident: Identity) -> None:
+        pool.release(Credentials(ident.username, ident.password, ident.group))
+
     sources = None
     if args.source_ip:
         sources = iter(SourceIpPool(parse_source_ips(args.source_ip), start=worker_index))
-    try:
-        feeder.require(args.sessions if args.arrival_rate is None else 1)
-    except FeederError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return EXIT_USAGE
+    if args.metrics_port is not None:
+        port = args.metrics_port + (worker_index if args.worker else 0)
+        try:
+            start_http_server(port, addr="127.0.0.1", registry=registry)
+        except OSError as exc:
+            console.print(f"[red]cannot serve metrics on 127.0.0.1:{port}: {exc}[/red]")
+            return EXIT_USAGE
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
     swarm = Swarm(
         _swarm_config(args, url, tls, password or ""),
-        ssl_context=build_client_context(tls),
+        ssl_context=ssl_context,
         schedule=_schedule_for(args),
         identities=identity,
+        release_identity=release,
         metrics=metrics,
         source_ips=sources,
     )

@@ -13,19 +13,29 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
 import trio
 
-from loadgen.engine.datapath import DataPath
-from loadgen.engine.session import SessionConfig, VpnSession, open_session
-from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.engine.echo import EchoResult
+from loadgen.engine.session import SessionConfig, open_session
+from loadgen.failures import FallbackReason, Phase, Reason, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
 
-__all__ = ["Identity", "Swarm", "SwarmConfig", "SwarmMetrics", "SwarmStats"]
+__all__ = [
+    "Identity",
+    "SessionFactory",
+    "Swarm",
+    "SwarmConfig",
+    "SwarmMetrics",
+    "SwarmSession",
+    "SwarmStats",
+    "SwarmTunnel",
+]
 
 log = logging.getLogger("loadgen.engine")
 
@@ -59,6 +69,69 @@ class SwarmMetrics(Protocol):
     def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
     def reconnect(self, seconds: float) -> None: ...
     def session_final_channel(self, channel: str) -> None: ...
+
+
+class DtlsReportLike(Protocol):
+    """What the swarm reads of ``loadgen.engine.dtls.DtlsReport``."""
+
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def retransmits(self) -> int: ...
+    @property
+    def fallbacks(self) -> list[FallbackReason]: ...
+
+
+class DtlsChannelLike(Protocol):
+    @property
+    def report(self) -> DtlsReportLike: ...
+
+
+class SwarmTunnel(Protocol):
+    """What the swarm uses of a tunnel (``loadgen.engine.datapath.DataPath``)."""
+
+    #: called with (old, new) channel names when data moves between CSTP and DTLS
+    on_channel: Callable[[str, str], None] | None
+    #: called once when the tunnel ends
+    on_end: Callable[[], None] | None
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def ended(self) -> SessionFailedError | None: ...
+    @property
+    def dtls(self) -> DtlsChannelLike | None: ...
+    def traffic(self) -> dict[str, tuple[int, int, int, int]]: ...
+    async def echo(
+        self,
+        target: IPv4Address,
+        *,
+        count: int,
+        interval_s: float,
+        timeout_s: float,
+        payload_bytes: int = 56,
+    ) -> EchoResult: ...
+
+
+class SwarmSession(Protocol):
+    """What the swarm uses of a session (``loadgen.engine.session.VpnSession``)."""
+
+    phases: dict[Phase, float]
+
+    @property
+    def tunnel(self) -> SwarmTunnel | None: ...
+    async def connect(self) -> object: ...
+    async def reconnect(self) -> object: ...
+    async def wait_dtls(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def disconnect(self, reason: DisconnectReason | None = ...) -> None: ...
+    def echo_target(self, override: IPv4Address | None) -> IPv4Address: ...
+
+
+#: ``open_session``'s signature: the session lives inside the context
+SessionFactory = Callable[
+    [SessionConfig, ssl.SSLContext], AbstractAsyncContextManager[SwarmSession]
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,15 +200,29 @@ class SwarmStats:
 
 
 class _SessionTrace:
-    """Per-session deltas already pushed to the metrics."""
+    """One session's state in the swarm, and the deltas already pushed to the metrics."""
 
-    __slots__ = ("attempts", "fallbacks", "retransmits", "traffic")
+    __slots__ = (
+        "attempts",
+        "channel",
+        "data_channel",
+        "done",
+        "fallbacks",
+        "retransmits",
+        "traffic",
+    )
 
     def __init__(self) -> None:
         self.attempts = 0
         self.fallbacks = 0
         self.retransmits = 0
         self.traffic: dict[str, tuple[int, int, int, int]] = {}
+        #: where the session counts as active: "connecting", a data channel, None
+        self.channel: str | None = None
+        #: the last data channel it was on (None: never established)
+        self.data_channel: str | None = None
+        #: an outcome (closed or failed) is recorded
+        self.done = False
 
 
 class Swarm:
@@ -148,11 +235,15 @@ class Swarm:
         identities: Callable[[int], Identity],
         metrics: SwarmMetrics,
         source_ips: Iterator[str] | None = None,
+        release_identity: Callable[[Identity], None] | None = None,
+        session_factory: SessionFactory = open_session,
     ) -> None:
         self.config = config
         self._ctx = ssl_context
         self._schedule = schedule
         self._identities = identities
+        self._release_identity = release_identity
+        self._open_session = session_factory
         self.metrics = metrics
         self._source_ips = source_ips
         self._rng = random.Random(config.seed)
@@ -163,6 +254,8 @@ class Swarm:
         self._changed = trio.Event()
         #: one event per holding session, set to wake it (stop, storm, tunnel end)
         self._pokes: set[trio.Event] = set()
+        #: connects and reconnects in progress, cut when the stop grace runs out
+        self._cuttable: set[trio.CancelScope] = set()
         self.started_at = 0.0
 
     @property
@@ -187,7 +280,6 @@ class Swarm:
             if cfg.storm is not None:
                 nursery.start_soon(self._storm_timer, self.started_at + cfg.storm.at_s)
             index = 0
-            next_allowed = -math.inf
             with trio.move_on_at(end):
                 while not self._stop.is_set():
                     if cfg.max_sessions is not None and index >= cfg.max_sessions:
@@ -205,12 +297,6 @@ class Swarm:
                         with trio.move_on_at(scheduled):
                             await self._stop.wait()
                         continue
-                    if now < next_allowed:
-                        with trio.move_on_at(next_allowed):
-                            await self._stop.wait()
-                        now = trio.current_time()
-                        if self._stop.is_set():
-                            break
                     lateness = now - scheduled
                     if lateness > 0.05:
                         self.stats.late_starts += 1
@@ -220,10 +306,17 @@ class Swarm:
                     self._active += 1
                     nursery.start_soon(self._user, index, scheduled)
                     index += 1
-                    if cfg.max_start_rate:
-                        next_allowed = max(next_allowed, now) + 1.0 / cfg.max_start_rate
             self._stop.set()
             self._poke_all()
+            # Holding sessions leave at once; a connect or reconnect still in
+            # progress gets the grace to finish (then it disconnects), and is
+            # cut after it: every run ends by itself, whatever the gateway does.
+            with trio.move_on_after(cfg.stop_grace_s):
+                while self._active > 0:
+                    await self._changed.wait()
+                    self._changed = trio.Event()
+            for scope in list(self._cuttable):
+                scope.cancel()
         return self.stats
 
     async def _storm_timer(self, at: float) -> None:
@@ -236,8 +329,7 @@ class Swarm:
 
     # -- one session ----------------------------------------------------------------
 
-    def _session_config(self, index: int) -> SessionConfig:
-        ident = self._identities(index)
+    def _session_config(self, ident: Identity) -> SessionConfig:
         source = next(self._source_ips) if self._source_ips is not None else None
         return dataclasses.replace(
             self.config.base,
@@ -248,68 +340,105 @@ class Swarm:
             source_ip=source or self.config.base.source_ip,
         )
 
+    def _move(self, trace: _SessionTrace, new: str | None) -> None:
+        """The session now counts as ``new`` (connecting, cstp, dtls; None: over)."""
+        old = trace.channel
+        if old == new:
+            return
+        st = self.stats
+        self.metrics.channel_change(old, new)
+        if old == "connecting":
+            st.connecting -= 1
+        elif old is not None:
+            st.active[old] -= 1
+        if new == "connecting":
+            st.connecting += 1
+        elif new is not None:
+            st.active[new] += 1
+            trace.data_channel = new
+        trace.channel = new
+
+    def _follow(self, tunnel: SwarmTunnel, trace: _SessionTrace) -> None:
+        """Count the session on ``tunnel``'s channel, now and when it moves."""
+        self._move(trace, tunnel.channel)
+
+        def moved(old: str, new: str) -> None:
+            del old
+            self._move(trace, new)
+
+        tunnel.on_channel = moved
+
     async def _user(self, index: int, scheduled: float) -> None:
-        m, st = self.metrics, self.stats
-        st.started += 1
-        st.connecting += 1
+        m = self.metrics
+        self.stats.started += 1
         m.session_started()
-        m.channel_change(None, "connecting")
-        channel: str | None = "connecting"
         trace = _SessionTrace()
-        length = self.config.session_length(self._rng)
+        self._move(trace, "connecting")
+        ident: Identity | None = None
         try:
-            async with open_session(self._session_config(index), self._ctx) as session:
+            ident = self._identities(index)
+            cfg = self._session_config(ident)
+        except Exception as exc:  # e.g. every identity is in use
+            log.warning("session %d: no identity: %s", index, exc)
+            self._failed(
+                SessionFailedError(Phase.CONNECT, Reason.RESOURCE, f"no identity: {exc}"),
+                None,
+                trace,
+            )
+            self._ended(trace, None)
+            return
+        try:
+            length = self.config.session_length(self._rng)
+            async with self._open_session(cfg, self._ctx) as session:
                 try:
-                    await self._connect(session, scheduled, trace)
+                    await self._cut_at_stop(session, self._connect(session, scheduled, trace))
                     tunnel = session.tunnel
                     assert tunnel is not None
-                    st.connecting -= 1
-                    channel = tunnel.channel
-                    m.channel_change("connecting", channel)
-                    st.active[channel] += 1
-
-                    def moved(old: str, new: str) -> None:
-                        nonlocal channel
-                        m.channel_change(old, new)
-                        st.active[old] -= 1
-                        st.active[new] += 1
-                        channel = new
-
-                    tunnel.on_channel = moved
-                    deadline = self._deadline(length)
-                    await self._hold(session, deadline, trace)
+                    self._follow(tunnel, trace)
+                    await self._hold(session, self._deadline(length), trace)
                     self._push(session, trace)
-                    if channel is not None:
-                        m.session_final_channel(channel)
+                    if trace.data_channel is not None:
+                        m.session_final_channel(trace.data_channel)
                     await self._leave(session)
+                    trace.done = True
                     m.session_outcome("closed")
-                    st.closed += 1
+                    self.stats.closed += 1
                 except SessionFailedError as exc:
                     self._failed(exc, session, trace)
                 except Exception as exc:  # a bug fails this session only
                     log.exception("session %d: unexpected error", index)
-                    self._failed(
-                        SessionFailedError(Phase.TUNNEL, Reason.INTERNAL, type(exc).__name__),
-                        session,
-                        trace,
-                    )
+                    self._failed(_internal(exc, trace), session, trace)
+        except Exception as exc:  # raised while opening or closing the session
+            if trace.done:
+                log.warning("session %d: error after its end: %r", index, exc)
+            else:
+                log.exception("session %d: unexpected error", index)
+                self._failed(_internal(exc, trace), None, trace)
         finally:
-            if channel == "connecting":
-                st.connecting -= 1
-            elif channel is not None:
-                st.active[channel] -= 1
-            m.channel_change(channel, None)
-            self._active -= 1
-            self._changed.set()
+            self._ended(trace, ident)
 
-    def _failed(self, exc: SessionFailedError, session: VpnSession, trace: _SessionTrace) -> None:
+    def _ended(self, trace: _SessionTrace, ident: Identity | None) -> None:
+        self._move(trace, None)
+        if ident is not None and self._release_identity is not None:
+            self._release_identity(ident)  # before a replacement asks for one
+        self._active -= 1
+        self._changed.set()
+
+    def _failed(
+        self, exc: SessionFailedError, session: SwarmSession | None, trace: _SessionTrace
+    ) -> None:
         st = self.stats
         label = exc.label
         st.failures[label] = st.failures.get(label, 0) + 1
         st.failed += 1
+        trace.done = True
         self.metrics.failure(str(exc.phase), str(exc.reason))
         self.metrics.session_outcome("failed")
-        self._push(session, trace)
+        if session is not None:
+            self._push(session, trace)
+        if trace.data_channel is not None:
+            # an established session that failed later still ended on a channel
+            self.metrics.session_final_channel(trace.data_channel)
 
     def _deadline(self, length: float | None) -> float:
         end = self.started_at + self.config.duration_s
@@ -317,7 +446,22 @@ class Swarm:
             return end
         return min(end, trio.current_time() + length)
 
-    async def _connect(self, session: VpnSession, scheduled: float, trace: _SessionTrace) -> None:
+    async def _cut_at_stop(self, session: SwarmSession, work: Awaitable[None]) -> None:
+        """``work`` (a connect or reconnect), cut when the stop grace has run out."""
+        with trio.CancelScope() as scope:
+            self._cuttable.add(scope)
+            try:
+                await work
+            finally:
+                self._cuttable.discard(scope)
+        if scope.cancelled_caught:
+            if session.tunnel is not None:
+                await self._leave(session)
+            raise SessionFailedError(
+                Phase.CONNECT, Reason.CANCELLED, "the run ended before the session was up"
+            )
+
+    async def _connect(self, session: SwarmSession, scheduled: float, trace: _SessionTrace) -> None:
         await session.connect()
         await session.wait_dtls()
         for phase, seconds in session.phases.items():
@@ -331,7 +475,7 @@ class Swarm:
         self.metrics.session_outcome("established")
         self._push(session, trace)
 
-    def _push(self, session: VpnSession, trace: _SessionTrace) -> None:
+    def _push(self, session: SwarmSession, trace: _SessionTrace) -> None:
         """DTLS and traffic counters of this session since the last push."""
         tunnel = session.tunnel
         if tunnel is None:
@@ -357,7 +501,7 @@ class Swarm:
                 m.traffic(name, "rx", now[2] - before[2], now[3] - before[3])
                 trace.traffic[name] = now
 
-    async def _hold(self, session: VpnSession, deadline: float, trace: _SessionTrace) -> None:
+    async def _hold(self, session: SwarmSession, deadline: float, trace: _SessionTrace) -> None:
         pokes = [trio.Event()]
         self._pokes.add(pokes[0])
         try:
@@ -366,13 +510,18 @@ class Swarm:
             self._pokes.discard(pokes[0])
 
     async def _hold_loop(
-        self, session: VpnSession, deadline: float, trace: _SessionTrace, pokes: list[trio.Event]
+        self,
+        session: SwarmSession,
+        deadline: float,
+        trace: _SessionTrace,
+        pokes: list[trio.Event],
     ) -> None:
         # pokes[0] is this session's current wake-up event (renewed after each use)
         cfg = self.config
         interval = cfg.echo_interval_s
         target = session.echo_target(None) if interval > 0 else None
-        stormed = False
+        # a session that came up after the storm has nothing to reconnect from
+        stormed = self._storm.is_set()
         # spread the first echo so thousands of sessions do not beat in step
         next_echo = trio.current_time() + (self._rng.uniform(0, interval) if interval > 0 else 0)
         while not self._stop.is_set():
@@ -394,14 +543,14 @@ class Swarm:
                 return
             if self._storm.is_set() and cfg.storm is not None and not stormed:
                 stormed = True
-                await self._reconnect(session, cfg.storm, trace)
+                await self._cut_at_stop(session, self._reconnect(session, cfg.storm, trace))
                 continue
             if target is not None and trio.current_time() >= next_echo:
                 await self._echo(tunnel, target)
                 self._push(session, trace)
                 next_echo += interval
 
-    async def _echo(self, tunnel: DataPath, target: IPv4Address) -> None:
+    async def _echo(self, tunnel: SwarmTunnel, target: IPv4Address) -> None:
         cfg = self.config
         channel = tunnel.channel
         result = await tunnel.echo(
@@ -420,12 +569,15 @@ class Swarm:
         for _ in range(result.sent - result.received):
             self.metrics.echo(channel, None)
 
-    async def _reconnect(self, session: VpnSession, storm: StormSpec, trace: _SessionTrace) -> None:
+    async def _reconnect(
+        self, session: SwarmSession, storm: StormSpec, trace: _SessionTrace
+    ) -> None:
         """Drop the tunnel (no DISCONNECT) and come back, as after a network blip."""
         self._push(session, trace)
         await trio.sleep(self._rng.uniform(0, storm.jitter_s) if storm.jitter_s else 0)
         start = trio.current_time()
         await session.aclose()
+        self._move(trace, "connecting")
         trace.traffic.clear()
         trace.attempts = trace.fallbacks = trace.retransmits = 0
         last: SessionFailedError | None = None
@@ -449,10 +601,17 @@ class Swarm:
         self.stats.reconnects += 1
         tunnel = session.tunnel
         assert tunnel is not None
+        self._follow(tunnel, trace)
         self._push(session, trace)
 
-    async def _leave(self, session: VpnSession) -> None:
+    async def _leave(self, session: SwarmSession) -> None:
         reason = DisconnectReason.USER if self.config.logout else None
         with trio.move_on_after(self.config.stop_grace_s) as scope:
             scope.shield = True
             await session.disconnect(reason)
+
+
+def _internal(exc: BaseException, trace: _SessionTrace) -> SessionFailedError:
+    """A bug of ours, in the phase the session was in as far as the swarm knows."""
+    phase = Phase.CONNECT if trace.data_channel is None else Phase.TUNNEL
+    return SessionFailedError(phase, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
