@@ -45,6 +45,7 @@ __all__ = [
     "SessionConfig",
     "VpnSession",
     "open_session",
+    "translate",
 ]
 
 #: An AnyConnect-looking agent gets the same treatment from ASA and ocserv (§2.2).

@@ -1,0 +1,507 @@
+"""The gevent side: the engine sidecar process, request/response matching, Locust events.
+
+Runs inside a monkey-patched Locust process, so nothing here imports trio:
+the engine runs in the sidecar (``loadgen.locust.sidecar``), one per Locust
+process that runs users.  A reader greenlet decodes the sidecar's replies,
+fires ``events.request`` for each of them (``connect`` rows per phase and for
+the whole, ``echo`` rows per channel) and wakes the greenlet waiting for the
+request's final reply.  The embedded reference gateway is started here too,
+as a plain child process (``loadgen.gateway.embedded`` is trio).
+
+Secrets: the password travels in the ``connect`` frame only; no event, log
+line or exception carries it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]
+import gevent.event  # type: ignore[import-untyped]
+import gevent.lock  # type: ignore[import-untyped]
+import gevent.os  # type: ignore[import-untyped]
+import gevent.subprocess  # type: ignore[import-untyped]
+
+from loadgen.locust.protocol import (
+    CommandRejected,
+    Connect,
+    Connected,
+    Disconnect,
+    Disconnected,
+    Echo,
+    EchoCompleted,
+    FrameDecoder,
+    FrameError,
+    Message,
+    PhaseCompleted,
+    RequestFailed,
+    Shutdown,
+    SidecarReady,
+    TunnelEnded,
+    encode_message,
+)
+
+__all__ = [
+    "TAG_ENV",
+    "ConnectParams",
+    "GatewayInfo",
+    "GatewayProcess",
+    "SidecarClient",
+    "SidecarError",
+    "VpnRequestError",
+]
+
+log = logging.getLogger("loadgen.locust")
+
+#: an optional marker put on the command lines of our child processes
+#: (``pgrep -f`` finds them; tests use it to prove none is left behind)
+TAG_ENV = "LOADGEN_LOCUST_TAG"
+START_S = 30.0
+CLOSE_S = 10.0
+#: beyond the request's own bounds, how long a waiting greenlet trusts the sidecar
+REPLY_SLACK_S = 30.0
+_TAG_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _tag() -> str:
+    tag = os.environ.get(TAG_ENV, "")
+    return tag if _TAG_OK.fullmatch(tag) else ""
+
+
+class SidecarError(RuntimeError):
+    """The sidecar could not be started or is gone."""
+
+
+class VpnRequestError(Exception):
+    """A failed VPN request as Locust shows it: ``phase/reason`` only, so that
+    Locust's failure table groups by a small closed set (loadgen.failures)."""
+
+    def __init__(self, phase: str, reason: str, message: str = "") -> None:
+        super().__init__(f"{phase}/{reason}")
+        self.phase = phase
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectParams:
+    url: str
+    username: str
+    password: str = field(repr=False)
+    group: str | None = None
+    cafile: str | None = None
+    insecure: bool = False
+    hostname: str = "loadgen"
+    dtls: bool = True
+    dtls_ciphers: tuple[str, ...] | None = None
+    dtls12_ciphers: tuple[str, ...] | None = None
+    timeout_s: float = 30.0
+
+
+@dataclass(eq=False)
+class _Pending:
+    kind: str
+    sid: int
+    started: float
+    result: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
+
+
+RequestEvent = Callable[..., None]
+
+
+class SidecarClient:
+    """One per Locust process that runs users.  ``fire`` is
+    ``environment.events.request.fire``."""
+
+    def __init__(self, fire: RequestEvent) -> None:
+        self._fire = fire
+        self._proc: gevent.subprocess.Popen | None = None
+        self._to_child = -1
+        self._from_child = -1
+        self._write_lock = gevent.lock.Semaphore()
+        self._pending: dict[int, _Pending] = {}
+        self._seq = itertools.count(1)
+        self._reader: gevent.Greenlet | None = None
+        self._ready = gevent.event.AsyncResult()
+        self._closing = False
+        self._dead = False
+        #: session id -> called when its tunnel ends by itself
+        self.on_tunnel_ended: dict[int, Callable[[TunnelEnded], None]] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self._dead and not self._closing
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else int(self._proc.pid)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout_s: float = START_S) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "loadgen.locust.sidecar",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        if tag := _tag():
+            argv += ["--tag", tag]
+        child_in, self._to_child = os.pipe()
+        self._from_child, child_out = os.pipe()
+        try:
+            # a session of its own: a terminal's Ctrl-C reaches Locust, which
+            # then stops the sidecar in order (the sessions DISCONNECT first)
+            self._proc = gevent.subprocess.Popen(
+                argv, stdin=child_in, stdout=child_out, close_fds=True, start_new_session=True
+            )
+        except OSError:
+            self._close_fds()
+            raise
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        gevent.os.make_nonblocking(self._to_child)
+        gevent.os.make_nonblocking(self._from_child)
+        self._reader = gevent.spawn(self._read_loop)
+        try:
+            self._ready.get(timeout=timeout_s)
+        except BaseException as exc:
+            # also when the starting greenlet is killed: no half-started child
+            self.close(timeout_s=1.0)
+            if isinstance(exc, gevent.Timeout | SidecarError):
+                raise SidecarError(f"the engine sidecar did not start: {exc}") from None
+            raise
+
+    def close(self, timeout_s: float = CLOSE_S) -> None:
+        """Shutdown, then EOF; the sidecar DISCONNECTs its sessions and exits."""
+        if self._proc is None or self._closing:
+            return
+        self._closing = True
+        proc = self._proc
+        if not self._dead:
+            with contextlib.suppress(OSError), gevent.Timeout(2.0, False):
+                self._write(encode_message(Shutdown()))
+        if self._to_child >= 0:
+            os.close(self._to_child)
+            self._to_child = -1
+        try:
+            proc.wait(timeout=timeout_s)
+        except gevent.subprocess.TimeoutExpired:
+            log.warning("the engine sidecar did not stop within %g s; killing it", timeout_s)
+            proc.kill()
+            proc.wait()
+        log.debug("engine sidecar %s exited with %s", proc.pid, proc.returncode)
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+            self._reader.kill(block=False)
+        self._close_fds()
+        self._abandon_all()
+
+    def _close_fds(self) -> None:
+        for name in ("_to_child", "_from_child"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def _abandon_all(self) -> None:
+        """Wake every waiting greenlet; they report nothing (the run is ending)."""
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.result.set(None)
+
+    # -- I/O ----------------------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        with self._write_lock:
+            view = memoryview(frame)
+            while view:
+                if self._to_child < 0:
+                    raise OSError("the sidecar's stdin is closed")
+                written = gevent.os.nb_write(self._to_child, view)
+                view = view[written:]
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while self._from_child >= 0:
+                data = gevent.os.nb_read(self._from_child, 65536)
+                if not data:
+                    break
+                decoder.receive_data(data)
+                while (message := decoder.next_message_untrusted()) is not None:
+                    self._on_message(message)
+        except FrameError as exc:
+            log.error("unreadable reply from the engine sidecar: %s", exc)
+        except OSError:
+            pass
+        finally:
+            self._dead = True
+            if not self._ready.ready():
+                self._ready.set_exception(SidecarError("it exited"))
+            if not self._closing:
+                log.error("the engine sidecar exited during the test")
+                self._fail_all()
+
+    def _fail_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.kind != "disconnect":
+                exc = VpnRequestError(p.kind, "internal", "the engine sidecar exited")
+                elapsed_ms = (time.monotonic() - p.started) * 1000
+                name = "connect" if p.kind == "connect" else "tunnel"
+                self._fire_request(p.kind, name, elapsed_ms, exc)
+            p.result.set(None)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _request(self, build: Callable[[int], Message], kind: str, sid: int, bound_s: float) -> Any:
+        """Send one request and wait (cooperatively) for its final reply; None: abandoned."""
+        if not self.alive:
+            raise SidecarError("the engine sidecar is not running")
+        seq = next(self._seq)
+        pending = _Pending(kind=kind, sid=sid, started=time.monotonic())
+        self._pending[seq] = pending
+        try:
+            self._write(encode_message(build(seq)))
+        except OSError as exc:
+            self._pending.pop(seq, None)
+            raise SidecarError("cannot write to the engine sidecar") from exc
+        try:
+            return pending.result.get(timeout=bound_s + REPLY_SLACK_S)
+        except gevent.Timeout:
+            if self._pending.pop(seq, None) is not None and kind != "disconnect":
+                lost = VpnRequestError(kind, "timeout", "no reply from the engine sidecar")
+                name = "connect" if kind == "connect" else "tunnel"
+                self._fire_request(kind, name, (bound_s + REPLY_SLACK_S) * 1000, lost)
+            return None
+
+    def connect(self, sid: int, params: ConnectParams) -> Connected | None:
+        """Phases 1 to 6 for session ``sid``; events are fired as replies arrive."""
+
+        def build(seq: int) -> Message:
+            return Connect(
+                seq=seq,
+                id=sid,
+                url=params.url,
+                username=params.username,
+                password=params.password,
+                group=params.group,
+                cafile=params.cafile,
+                insecure=params.insecure,
+                hostname=params.hostname,
+                dtls=params.dtls,
+                dtls_ciphers=params.dtls_ciphers,
+                dtls12_ciphers=params.dtls12_ciphers,
+                timeout_s=params.timeout_s,
+            )
+
+        # phases 1 to 5, each bounded, then DTLS (at most its 31 s schedule)
+        reply = self._request(build, "connect", sid, params.timeout_s * 5 + 31.0)
+        return reply if isinstance(reply, Connected) else None
+
+    def echo(
+        self, sid: int, *, count: int, interval_s: float, timeout_s: float
+    ) -> EchoCompleted | None:
+        def build(seq: int) -> Message:
+            return Echo(seq=seq, id=sid, count=count, interval_s=interval_s, timeout_s=timeout_s)
+
+        reply = self._request(build, "echo", sid, count * interval_s + timeout_s)
+        return reply if isinstance(reply, EchoCompleted) else None
+
+    def disconnect(self, sid: int, timeout_s: float = CLOSE_S) -> None:
+        """End session ``sid``, abandoning its request in progress (no event for it)."""
+        for seq in [s for s, p in self._pending.items() if p.sid == sid]:
+            self._pending.pop(seq).result.set(None)
+        self.on_tunnel_ended.pop(sid, None)
+        if self.alive:
+            self._request(lambda seq: Disconnect(seq=seq, id=sid), "disconnect", sid, timeout_s)
+
+    # -- replies -----------------------------------------------------------------------
+
+    def _fire_request(
+        self, request_type: str, name: str, ms: float, exc: Exception | None = None
+    ) -> None:
+        self._fire(
+            request_type=request_type,
+            name=name,
+            response_time=ms,
+            response_length=0,
+            exception=exc,
+            context={},
+        )
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, SidecarReady):
+            self._ready.set(message.pid)
+        elif isinstance(message, PhaseCompleted):
+            if message.seq in self._pending:  # else: abandoned by a disconnect
+                exc = None
+                if message.fallback is not None:
+                    exc = VpnRequestError(message.name, message.fallback, "DTLS fell back to CSTP")
+                self._fire_request("connect", message.name, message.seconds * 1000, exc)
+        elif isinstance(message, TunnelEnded):
+            callback = self.on_tunnel_ended.pop(message.id, None)
+            if callback is not None:  # else: the user has already let it go
+                exc = VpnRequestError(message.phase, message.reason, message.message)
+                self._fire_request("tunnel", "ended", 0, exc)
+                callback(message)
+        elif isinstance(message, Connect | Echo | Disconnect | Shutdown):
+            log.warning("the engine sidecar sent a %s message; ignored", message.TYPE)
+        else:
+            self._on_final(message)
+
+    def _on_final(
+        self, message: Connected | RequestFailed | EchoCompleted | Disconnected | CommandRejected
+    ) -> None:
+        pending = self._pending.pop(message.seq, None)
+        if pending is None:
+            return  # abandoned: the user was stopped while waiting
+        elapsed_ms = (time.monotonic() - pending.started) * 1000
+        if isinstance(message, Connected):
+            self._fire_request("connect", "connect", message.seconds * 1000)
+        elif isinstance(message, EchoCompleted):
+            self._fire_echo(message, elapsed_ms)
+        elif isinstance(message, RequestFailed):
+            exc = VpnRequestError(message.phase, message.reason, message.message)
+            log.debug("session %d: %s: %s", message.id, exc, message.message)
+            if pending.kind == "connect":
+                self._fire_request("connect", message.phase, elapsed_ms, exc)
+                self._fire_request("connect", "connect", elapsed_ms, exc)
+            elif pending.kind == "echo":
+                self._fire_request("echo", "tunnel", elapsed_ms, exc)
+        elif isinstance(message, Disconnected):
+            log.debug("session %d: disconnected", message.id)
+        elif isinstance(message, CommandRejected):
+            log.warning("the engine sidecar rejected a %s: %s", pending.kind, message.message)
+            exc = VpnRequestError(pending.kind, "internal", message.message)
+            if pending.kind != "disconnect":
+                name = "connect" if pending.kind == "connect" else "tunnel"
+                self._fire_request(pending.kind, name, elapsed_ms, exc)
+        pending.result.set(message)
+
+    def _fire_echo(self, message: EchoCompleted, elapsed_ms: float) -> None:
+        exc = None
+        if message.received < message.sent:
+            missing = message.sent - message.received
+            exc = VpnRequestError(
+                "tunnel", "timeout", f"{missing} of {message.sent} echo replies missing"
+            )
+        rtt_ms = statistics.median(message.rtts_s) * 1000 if message.rtts_s else elapsed_ms
+        self._fire_request("echo", message.channel, rtt_ms, exc)
+
+
+# -- the embedded reference gateway ------------------------------------------------------
+
+_URL = re.compile(r"gateway listening: (https://\S+)")
+_CA = re.compile(r"CA certificate: (\S+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayInfo:
+    url: str
+    ca_path: str
+
+
+class GatewayProcess:
+    """``python -m loadgen gateway`` on a free loopback port, as a gevent child.
+
+    The same contract as ``loadgen.gateway.embedded``: a private temporary
+    directory for its CA, SIGTERM then SIGKILL at ``stop``, and
+    ``--exit-with-parent`` so it exits by itself if this process dies.
+    """
+
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
+        self._extra = extra_args
+        self._proc: gevent.subprocess.Popen | None = None
+        self._tmp: str | None = None
+        self._drain: gevent.Greenlet | None = None
+        self.info: GatewayInfo | None = None
+
+    def start(self, timeout_s: float = START_S) -> GatewayInfo:
+        tag = _tag()
+        # the marker goes into the command line through the directory name
+        self._tmp = tempfile.mkdtemp(prefix=f"loadgen-locust-gw-{tag}-" if tag else "loadgen-gw-")
+        argv = [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert-dir",
+            self._tmp,
+            "--exit-with-parent",
+            str(os.getpid()),
+            *self._extra,
+        ]
+        log_path = os.path.join(self._tmp, "gateway.log")
+        with open(log_path, "wb") as log_file:
+            self._proc = gevent.subprocess.Popen(
+                argv,
+                stdin=gevent.subprocess.DEVNULL,
+                stdout=gevent.subprocess.PIPE,
+                stderr=log_file,
+                close_fds=True,
+                start_new_session=True,
+            )
+        url = ca = None
+        with gevent.Timeout(timeout_s, False):
+            assert self._proc.stdout is not None
+            while url is None or ca is None:
+                line = self._proc.stdout.readline().decode(errors="replace")
+                if not line:
+                    break
+                if m := _URL.search(line):
+                    url = m.group(1)
+                if m := _CA.search(line):
+                    ca = m.group(1)
+        if url is None or ca is None:
+            with open(log_path, errors="replace") as f:
+                tail = f.read()[-1500:]
+            self.stop()
+            raise SidecarError(f"the embedded gateway did not start: {tail}")
+        # keep reading its stdout: a full pipe would block the gateway
+        self._drain = gevent.spawn(self._drain_stdout)
+        self.info = GatewayInfo(url=url, ca_path=ca)
+        return self.info
+
+    def _drain_stdout(self) -> None:
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return
+        while proc.stdout.read(4096):
+            pass
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout_s)
+                except gevent.subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if self._drain is not None:
+                self._drain.kill(block=False)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

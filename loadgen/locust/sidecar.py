@@ -1,0 +1,507 @@
+"""The engine sidecar: ``python -m loadgen.locust.sidecar``, a trio child of a Locust process.
+
+Locust's gevent monkey-patching and trio cannot share a process
+(architecture.md, "Locust and trio: the sidecar design"), so each Locust
+process that runs users starts one of these and sends it commands over the
+child's stdin; replies go back over its stdout (framing in
+``loadgen.locust.protocol``).  One trio task per session, keyed by the Locust
+user's id; a failing session is reported and never disturbs another.
+
+No orphans: the sidecar exits when its stdin reaches EOF (the parent closed
+it or died) or when its parent pid changes, checked twice a second.
+PR_SET_PDEATHSIG is not used: it fires when the parent *thread* ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+
+import trio
+
+from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
+from loadgen.engine.limits import raise_nofile_limit
+from loadgen.engine.session import SessionConfig, VpnSession, open_session, translate
+from loadgen.engine.tls import TlsOptions, build_client_context
+from loadgen.engine.url import parse_gateway_url
+from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.locust.protocol import (
+    CommandRejected,
+    Connect,
+    Connected,
+    Disconnect,
+    Disconnected,
+    Echo,
+    EchoCompleted,
+    FrameDecoder,
+    FrameError,
+    Message,
+    PhaseCompleted,
+    RequestFailed,
+    Shutdown,
+    SidecarReady,
+    TunnelEnded,
+    encode_message,
+)
+from loadgen.proto.cstp import DisconnectReason
+
+__all__ = ["Sidecar", "main"]
+
+log = logging.getLogger("loadgen.locust.sidecar")
+
+#: how long closing all sessions may take at shutdown (DISCONNECT each)
+CLOSE_ALL_S = 5.0
+#: bound on one DISCONNECT
+DISCONNECT_S = 3.0
+#: a reply that cannot be written within this is dropped (parent not reading)
+WRITE_S = 10.0
+#: queued commands per session beyond which the sidecar answers "busy"
+MAX_QUEUED = 4
+PARENT_POLL_S = 0.5
+MAX_ECHO_COUNT = 10_000
+MAX_SECONDS = 3600.0
+_CONNECT_ORDER = (
+    Phase.TLS,
+    Phase.GROUP_SELECT,
+    Phase.AUTH,
+    Phase.DOWNLOAD,
+    Phase.CSTP_CONNECT,
+    Phase.DTLS,
+)
+
+
+class _TunnelEndedNotice:
+    """Put in a session's inbox when its tunnel ends by itself."""
+
+
+_Inbox = Echo | Disconnect | _TunnelEndedNotice
+
+
+@dataclass(eq=False)
+class _Entry:
+    id: int
+    inbox_send: trio.MemorySendChannel[_Inbox]
+    inbox_receive: trio.MemoryReceiveChannel[_Inbox]
+    up: bool = False
+    #: the connect or echo in progress; a disconnect cancels it
+    op_scope: trio.CancelScope | None = None
+    closing: bool = False
+    #: seq of the Disconnect to answer; None at shutdown (nobody waits)
+    disconnect_seq: int | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Sidecar:
+    """Commands in from ``receive``, replies out to ``send``."""
+
+    def __init__(
+        self,
+        receive: trio.abc.ReceiveStream,
+        send: trio.abc.SendStream,
+        *,
+        parent_pid: int | None,
+    ) -> None:
+        self._receive = receive
+        self._out = send
+        self._parent_pid = parent_pid
+        self._write_lock = trio.Lock()
+        self._stop = trio.Event()
+        self._broken = False
+        self._sessions: dict[int, _Entry] = {}
+        self._contexts: dict[TlsOptions, ssl.SSLContext] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as root:
+            if self._parent_pid is not None:
+                root.start_soon(self._watch_parent)
+            async with trio.open_nursery() as sessions:
+                self._nursery = sessions
+                await self._send(SidecarReady(pid=os.getpid()))
+                root.start_soon(self._read_commands)
+                await self._stop.wait()
+                await self._close_all()
+                sessions.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+
+    async def _watch_parent(self) -> None:
+        while os.getppid() == self._parent_pid:
+            await trio.sleep(PARENT_POLL_S)
+        log.warning("the Locust process is gone; closing %d sessions", len(self._sessions))
+        self._stop.set()
+
+    async def _close_all(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_ALL_S):
+            for entry in list(self._sessions.values()):
+                self._request_disconnect(entry, None)
+            for entry in list(self._sessions.values()):
+                await entry.done.wait()
+
+    # -- I/O ---------------------------------------------------------------------------
+
+    async def _send(self, message: Message) -> None:
+        if self._broken:
+            return
+        frame = encode_message(message)
+        # shielded: a session's last reply is sent while it is being cancelled
+        with trio.CancelScope(shield=True), trio.move_on_after(WRITE_S) as scope:
+            async with self._write_lock:
+                try:
+                    await self._out.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    self._broken = True  # nobody listens any more
+        if scope.cancelled_caught:
+            log.warning("the Locust process does not read replies; stopping")
+            self._broken = True
+        if self._broken:
+            self._stop.set()
+
+    async def _read_commands(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while not self._stop.is_set():
+                data = await self._receive.receive_some(65536)
+                if not data:
+                    return  # EOF: the parent closed our stdin or died
+                decoder.receive_data(bytes(data))
+                while (message := decoder.next_message_untrusted()) is not None:
+                    if isinstance(message, Shutdown):
+                        return
+                    await self._dispatch(message)
+        except FrameError as exc:
+            log.warning("unreadable command stream, stopping: %s", exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._stop.set()
+
+    # -- commands -------------------------------------------------------------------
+
+    async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Connect):
+            await self._on_connect(message)
+        elif isinstance(message, Echo):
+            await self._on_echo(message)
+        elif isinstance(message, Disconnect):
+            entry = self._sessions.get(message.id)
+            if entry is None:
+                await self._send(Disconnected(seq=message.seq, id=message.id))
+            else:
+                self._request_disconnect(entry, message.seq)
+        else:
+            seq = getattr(message, "seq", 0)
+            await self._send(CommandRejected(seq=seq, message=f"{message.TYPE} is not a command"))
+
+    async def _on_connect(self, cmd: Connect) -> None:
+        if cmd.id in self._sessions:
+            await self._reject(cmd.seq, f"session {cmd.id} exists")
+            return
+        try:
+            cfg, ctx = self._config(cmd)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            # a bad URL or CA file: the test's configuration, not the gateway
+            await self._reject(cmd.seq, f"bad connect settings: {type(exc).__name__}: {exc}")
+            return
+        send, receive = trio.open_memory_channel[_Inbox](math.inf)
+        entry = _Entry(id=cmd.id, inbox_send=send, inbox_receive=receive)
+        self._sessions[cmd.id] = entry
+        assert self._nursery is not None
+        self._nursery.start_soon(self._session, cmd, cfg, ctx, entry)
+
+    async def _on_echo(self, cmd: Echo) -> None:
+        if not (
+            1 <= cmd.count <= MAX_ECHO_COUNT
+            and 0 <= cmd.interval_s <= MAX_SECONDS
+            and 0 < cmd.timeout_s <= MAX_SECONDS
+        ):
+            await self._reject(cmd.seq, "echo needs 1 <= count, 0 <= interval_s, 0 < timeout_s")
+            return
+        entry = self._sessions.get(cmd.id)
+        if entry is None or not entry.up or entry.closing:
+            await self._send(
+                RequestFailed(
+                    seq=cmd.seq,
+                    id=cmd.id,
+                    phase=str(Phase.TUNNEL),
+                    reason=str(Reason.TERMINATED),
+                    message="the session has no tunnel",
+                )
+            )
+            return
+        if entry.inbox_send.statistics().current_buffer_used >= MAX_QUEUED:
+            await self._reject(cmd.seq, f"session {cmd.id} is busy")
+            return
+        entry.inbox_send.send_nowait(cmd)
+
+    def _request_disconnect(self, entry: _Entry, seq: int | None) -> None:
+        if entry.disconnect_seq is None:
+            entry.disconnect_seq = seq
+        if entry.closing:
+            return
+        entry.closing = True
+        if entry.op_scope is not None:
+            entry.op_scope.cancel()
+        entry.inbox_send.send_nowait(Disconnect(seq=seq or 0, id=entry.id))
+
+    async def _reject(self, seq: int, message: str) -> None:
+        await self._send(CommandRejected(seq=seq, message=message))
+
+    def _config(self, cmd: Connect) -> tuple[SessionConfig, ssl.SSLContext]:
+        if not 0 < cmd.timeout_s <= MAX_SECONDS:
+            raise ValueError("timeout_s must be in (0, 3600]")
+        tls = TlsOptions(cafile=cmd.cafile, insecure=cmd.insecure)
+        ctx = self._contexts.get(tls)
+        if ctx is None:
+            ctx = self._contexts[tls] = build_client_context(tls)
+        dtls: DtlsOptions | None = None
+        if cmd.dtls:
+            ciphers, ciphers12 = cmd.dtls_ciphers, cmd.dtls12_ciphers
+            if ciphers is None and ciphers12 is None:
+                ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
+            dtls = DtlsOptions(ciphers=ciphers, ciphers12=ciphers12)
+        cfg = SessionConfig(
+            url=parse_gateway_url(cmd.url),
+            username=cmd.username,
+            password=cmd.password,
+            group=cmd.group,
+            tls=tls,
+            hostname=cmd.hostname,
+            timeout_s=cmd.timeout_s,
+            dtls=dtls,
+        )
+        return cfg, ctx
+
+    # -- one session ------------------------------------------------------------------
+
+    async def _session(
+        self, cmd: Connect, cfg: SessionConfig, ctx: ssl.SSLContext, entry: _Entry
+    ) -> None:
+        answered = False
+        try:
+            async with open_session(cfg, ctx) as session:
+                answered = await self._connect(cmd, session, entry)
+                if entry.up:
+                    await self._serve(session, entry)
+        except Exception as exc:  # one session never takes the sidecar down
+            failure = translate(Phase.TUNNEL if entry.up else Phase.TLS, exc)
+            if failure.reason is Reason.INTERNAL:
+                log.warning("session %d: internal error", cmd.id, exc_info=exc)
+            if entry.closing:
+                pass
+            elif not answered:
+                await self._fail(cmd.seq, cmd.id, failure)
+            elif entry.up:
+                await self._send(
+                    TunnelEnded(
+                        id=cmd.id,
+                        phase=str(failure.phase),
+                        reason=str(failure.reason),
+                        message=failure.message,
+                    )
+                )
+        finally:
+            entry.up = False
+            self._sessions.pop(entry.id, None)
+            entry.inbox_send.close()
+            if entry.disconnect_seq is not None:
+                await self._send(Disconnected(seq=entry.disconnect_seq, id=entry.id))
+            entry.done.set()
+
+    async def _fail(self, seq: int, sid: int, failure: SessionFailedError) -> None:
+        await self._send(
+            RequestFailed(
+                seq=seq,
+                id=sid,
+                phase=str(failure.phase),
+                reason=str(failure.reason),
+                message=failure.message,
+            )
+        )
+
+    async def _connect(self, cmd: Connect, session: VpnSession, entry: _Entry) -> bool:
+        """Phases 1 to 6; True once the request has its final reply."""
+        dtls_s = 0.0
+        failure: SessionFailedError | None = None
+        with trio.CancelScope() as scope:
+            entry.op_scope = scope
+            try:
+                await session.connect()
+                started = trio.current_time()
+                await session.wait_dtls()
+                dtls_s = trio.current_time() - started
+            except Exception as exc:
+                failure = translate(_current_phase(session), exc)
+            finally:
+                entry.op_scope = None
+        if scope.cancelled_caught or entry.closing:
+            return True  # the client gave this connect up with a disconnect
+        await self._send_phases(cmd, session, dtls_s if failure is None else None)
+        if failure is not None:
+            await self._fail(cmd.seq, cmd.id, failure)
+            return True
+        assert session.tunnel is not None
+        session.tunnel.on_end = lambda: _notify_end(entry)
+        entry.up = True
+        await self._send(
+            Connected(
+                seq=cmd.seq, id=cmd.id, channel=session.tunnel.channel, seconds=session.connect_time
+            )
+        )
+        return True
+
+    async def _send_phases(self, cmd: Connect, session: VpnSession, dtls_s: float | None) -> None:
+        for phase, seconds in session.phases.items():
+            if phase is not Phase.DTLS and phase is not Phase.CONNECT:
+                await self._send(
+                    PhaseCompleted(seq=cmd.seq, id=cmd.id, name=str(phase), seconds=seconds)
+                )
+        tunnel = session.tunnel
+        if dtls_s is None or tunnel is None:
+            return
+        if Phase.DTLS in session.phases:
+            await self._send(
+                PhaseCompleted(
+                    seq=cmd.seq, id=cmd.id, name="dtls", seconds=session.phases[Phase.DTLS]
+                )
+            )
+            return
+        fallback = tunnel.dtls_refused
+        if tunnel.dtls is not None:
+            fallback = tunnel.dtls.report.fallback
+        if fallback is not None:
+            # an outcome, not a session failure (architecture.md, Metrics)
+            await self._send(
+                PhaseCompleted(
+                    seq=cmd.seq, id=cmd.id, name="dtls", seconds=dtls_s, fallback=str(fallback)
+                )
+            )
+
+    async def _serve(self, session: VpnSession, entry: _Entry) -> None:
+        """Echo bursts until a disconnect or the end of the tunnel."""
+        async for item in entry.inbox_receive:
+            tunnel = session.tunnel
+            if isinstance(item, Disconnect):
+                with trio.move_on_after(DISCONNECT_S):
+                    try:
+                        await session.disconnect(DisconnectReason.USER)
+                    except Exception as exc:  # the tunnel may be gone already
+                        log.debug("session %d: disconnect: %s", entry.id, type(exc).__name__)
+                return
+            if isinstance(item, _TunnelEndedNotice) or tunnel is None:
+                if not entry.closing:
+                    ended = None if tunnel is None else tunnel.ended
+                    await self._send(
+                        TunnelEnded(
+                            id=entry.id,
+                            phase=str(Phase.TUNNEL) if ended is None else str(ended.phase),
+                            reason=str(Reason.TERMINATED) if ended is None else str(ended.reason),
+                            message="the tunnel ended" if ended is None else ended.message,
+                        )
+                    )
+                return
+            await self._echo(session, entry, item)
+
+    async def _echo(self, session: VpnSession, entry: _Entry, cmd: Echo) -> None:
+        tunnel = session.tunnel
+        assert tunnel is not None
+        with trio.CancelScope() as scope:
+            entry.op_scope = scope
+            try:
+                result = await tunnel.echo(
+                    session.echo_target(None),
+                    count=cmd.count,
+                    interval_s=cmd.interval_s,
+                    timeout_s=cmd.timeout_s,
+                )
+            except Exception as exc:
+                if not entry.closing:
+                    await self._fail(cmd.seq, cmd.id, translate(Phase.TUNNEL, exc))
+                return
+            finally:
+                entry.op_scope = None
+        if scope.cancelled_caught:
+            return  # a disconnect took over; the client no longer waits
+        channel = max(result.channels, key=result.channels.__getitem__, default=tunnel.channel)
+        await self._send(
+            EchoCompleted(
+                seq=cmd.seq,
+                id=cmd.id,
+                channel=channel,
+                sent=result.sent,
+                received=result.received,
+                rtts_s=tuple(result.rtts_s),
+            )
+        )
+
+
+def _notify_end(entry: _Entry) -> None:
+    if entry.up and not entry.closing:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            entry.inbox_send.send_nowait(_TunnelEndedNotice())
+
+
+def _current_phase(session: VpnSession) -> Phase:
+    """The first phase that has not completed: where a failure happened."""
+    for phase in _CONNECT_ORDER:
+        if phase not in session.phases and not (
+            phase is Phase.GROUP_SELECT and Phase.AUTH in session.phases
+        ):
+            return phase
+    return Phase.TUNNEL
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadgen.locust.sidecar",
+        description="the trio engine behind Locust VPN users (started by loadgen.locust)",
+    )
+    parser.add_argument("--parent-pid", type=int, help="exit when this parent process is gone")
+    parser.add_argument("--tag", default="", help="a marker for process listings (ignored)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if "locust" in sys.modules or "gevent.monkey" in sys.modules:
+        # trio cannot run in a gevent-patched process (trio issues 2965, 3013)
+        print("the sidecar must run in a process of its own", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Ctrl-C in a terminal reaches the whole process group; Locust decides
+    # when we stop (shutdown command or EOF), so the sessions can DISCONNECT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_pid = args.parent_pid
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return 1  # the parent died before we started
+    raise_nofile_limit()  # one TCP connection and one UDP socket per session
+    # Move the frame channel off fds 0 and 1: a stray print must not corrupt it.
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+
+    async def _main() -> None:
+        receive = trio.lowlevel.FdStream(in_fd)
+        send = trio.lowlevel.FdStream(out_fd)
+        await Sidecar(receive, send, parent_pid=parent_pid).run()
+
+    trio.run(_main)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

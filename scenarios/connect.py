@@ -1,0 +1,28 @@
+"""Connect, hold, echo, disconnect: the basic tunnel test.
+
+    locust -f scenarios/connect.py --headless -u 20 -r 10 -t 1m
+
+Each user connects once (phases tls .. dtls show as ``connect`` rows), holds
+its tunnel for the whole test with an ICMP echo burst every few seconds
+(``echo`` rows per channel), and disconnects when the test stops.  Without
+``--host`` the embedded reference gateway on loopback is the target.
+Options (Locust prints its --help before loading this file, so they are
+listed here): --vpn-user-pattern, --vpn-password (or LOADGEN_VPN_PASSWORD),
+--vpn-group, --vpn-cafile, --vpn-insecure, --vpn-no-dtls, --vpn-dtls-ciphers,
+--vpn-dtls12-ciphers, --vpn-echo-count, --vpn-echo-interval,
+--vpn-echo-timeout, --vpn-timeout.
+"""
+
+from __future__ import annotations
+
+from locust import between, task
+
+from loadgen.locust import VpnUser
+
+
+class TunnelHolder(VpnUser):
+    wait_time = between(2.0, 4.0)
+
+    @task
+    def echo(self) -> None:
+        self.vpn.echo()
