@@ -36,7 +36,13 @@ from loadgen.engine.limits import (
     parse_source_ips,
     raise_nofile_limit,
 )
-from loadgen.engine.loadmodel import ClosedModel, OpenModel, StormPlan, parse_length
+from loadgen.engine.loadmodel import (
+    ClosedModel,
+    OpenModel,
+    StormPlan,
+    parse_length,
+    parse_think_time,
+)
 from loadgen.engine.session import DEFAULT_USER_AGENT, DownloadMode, SessionConfig
 from loadgen.engine.swarm import Identity, StormSpec, Swarm, SwarmConfig
 from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
@@ -148,6 +154,14 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="echo requests per interval (throughput)",
     )
+    traffic.add_argument(
+        "--echo-udp", action="store_true", help="UDP echo to port 7 instead of ICMP echo"
+    )
+    traffic.add_argument(
+        "--think-time",
+        metavar="SPEC",
+        help="extra pause after each echo: seconds, exp:MEAN or uniform:LO-HI",
+    )
     cred = p.add_argument_group("credentials (identities are unique per session and process)")
     cred.add_argument(
         "--user-pattern",
@@ -252,6 +266,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.processes < 1:
         raise ValueError("--processes must be at least 1")
     parse_length(args.session_length)
+    if args.think_time:
+        parse_think_time(args.think_time)
     if args.storm:
         StormPlan.parse(args.storm)
     if args.source_ip:
@@ -329,6 +345,8 @@ def _swarm_config(
         echo_timeout_s=args.echo_timeout,
         echo_payload_bytes=args.echo_size,
         echo_burst=args.echo_burst,
+        echo_udp=args.echo_udp,
+        think_time=parse_think_time(args.think_time).sample if args.think_time else None,
         storm=storm,
         seed=args.seed,
         max_start_rate=args.arrival_rate or args.rate,

@@ -196,6 +196,7 @@ class DataPath:
         interval_s: float,
         timeout_s: float,
         payload_bytes: int = 56,
+        udp: bool = False,
     ) -> EchoResult:
         mtu = self.mtu
         if mtu is not None and payload_bytes + ECHO_OVERHEAD_BYTES > mtu:
@@ -211,6 +212,7 @@ class DataPath:
             interval_s=interval_s,
             timeout_s=timeout_s,
             payload_bytes=payload_bytes,
+            udp=udp,
         )
 
     async def dpd_probe(self, timeout_s: float) -> float | None:

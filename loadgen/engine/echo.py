@@ -18,14 +18,19 @@ from loadgen.failures import SessionFailedError
 from loadgen.proto.errors import BadPacketError
 from loadgen.proto.packets import (
     build_icmp_echo_request,
+    build_udp,
     parse_icmp_untrusted,
     parse_ipv4_untrusted,
+    parse_udp_untrusted,
 )
 
 __all__ = ["EchoResult", "Echoer"]
 
 ICMP_PROTOCOL = 1
+UDP_PROTOCOL = 17
 ICMP_ECHO_REPLY = 0
+#: the gateway's UDP echo service (RFC 862)
+UDP_ECHO_PORT = 7
 #: echo payload: our 8-byte stamp, then zero padding
 _ECHO_STAMP = struct.Struct("!Q")
 #: IPv4 header + ICMP header
@@ -65,6 +70,8 @@ class Echoer:
         self._send = send
         self._check_alive = check_alive
         self._ident = int.from_bytes(random_bytes(2), "big")
+        # our UDP source port: an ephemeral one, fixed per session
+        self._udp_port = 49152 + int.from_bytes(random_bytes(2), "big") % 16384
         self._seq = 0
         self._stamp = int.from_bytes(random_bytes(4), "big") << 32
         self._pending: dict[int, _Pending] = {}
@@ -76,20 +83,24 @@ class Echoer:
             if not data or data[0] >> 4 != 4:
                 raise BadPacketError("not IPv4")
             ip = parse_ipv4_untrusted(data)
-            if ip.protocol != ICMP_PROTOCOL:
-                raise BadPacketError("not ICMP")
-            icmp = parse_icmp_untrusted(ip)
+            if ip.protocol == ICMP_PROTOCOL:
+                icmp = parse_icmp_untrusted(ip)
+                ours = icmp.type == ICMP_ECHO_REPLY and icmp.ident == self._ident
+                payload = icmp.data
+            elif ip.protocol == UDP_PROTOCOL:
+                udp = parse_udp_untrusted(ip)
+                ours = udp.sport == UDP_ECHO_PORT and udp.dport == self._udp_port
+                payload = udp.payload
+            else:
+                raise BadPacketError("neither ICMP nor UDP")
         except BadPacketError:
             # IPv6 router solicitations and the like: not ours
             self.unmatched_packets += 1
             return
-        if icmp.type != ICMP_ECHO_REPLY or icmp.ident != self._ident:
+        if not ours or len(payload) < _ECHO_STAMP.size:
             self.unmatched_packets += 1
             return
-        if len(icmp.data) < _ECHO_STAMP.size:
-            self.unmatched_packets += 1
-            return
-        (stamp,) = _ECHO_STAMP.unpack_from(icmp.data)
+        (stamp,) = _ECHO_STAMP.unpack_from(payload)
         pending = self._pending.get(stamp)
         if pending is None or pending.done.is_set():
             self.unmatched_packets += 1
@@ -111,8 +122,12 @@ class Echoer:
         interval_s: float,
         timeout_s: float,
         payload_bytes: int = 56,
+        udp: bool = False,
     ) -> EchoResult:
-        """Send ``count`` echo requests, ``interval_s`` apart; wait ``timeout_s`` for each."""
+        """Send ``count`` echo requests, ``interval_s`` apart; wait ``timeout_s`` for each.
+
+        ICMP echo by default; ``udp`` sends to the UDP echo port (7) instead.
+        """
         result = EchoResult()
         payload_bytes = max(payload_bytes, _ECHO_STAMP.size)
         failure: SessionFailedError | None = None
@@ -123,7 +138,7 @@ class Echoer:
                 for i in range(count):
                     if i:
                         await trio.sleep(interval_s)
-                    stamp, pending, channel = await self._send_one(src, target, payload_bytes)
+                    stamp, pending, channel = await self._send_one(src, target, payload_bytes, udp)
                     result.sent += 1
                     result.channels[channel] = result.channels.get(channel, 0) + 1
                     nursery.start_soon(self._await_reply, stamp, pending, timeout_s, result)
@@ -136,7 +151,7 @@ class Echoer:
         return result
 
     async def _send_one(
-        self, src: IPv4Address, target: IPv4Address, payload_bytes: int
+        self, src: IPv4Address, target: IPv4Address, payload_bytes: int, udp: bool
     ) -> tuple[int, _Pending, str]:
         self._check_alive()
         self._seq = (self._seq + 1) & 0xFFFF
@@ -145,9 +160,14 @@ class Echoer:
         pending = _Pending(sent_at=trio.current_time())
         self._pending[stamp] = pending
         data = _ECHO_STAMP.pack(stamp) + bytes(payload_bytes - _ECHO_STAMP.size)
-        packet = build_icmp_echo_request(
-            src=src, dst=target, ident=self._ident, seq=self._seq, payload=data
-        )
+        if udp:
+            packet = build_udp(
+                src=src, dst=target, sport=self._udp_port, dport=UDP_ECHO_PORT, payload=data
+            )
+        else:
+            packet = build_icmp_echo_request(
+                src=src, dst=target, ident=self._ident, seq=self._seq, payload=data
+            )
         channel = await self._send(packet)
         return stamp, pending, channel
 

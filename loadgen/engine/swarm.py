@@ -110,6 +110,7 @@ class SwarmTunnel(Protocol):
         interval_s: float,
         timeout_s: float,
         payload_bytes: int = 56,
+        udp: bool = False,
     ) -> EchoResult: ...
 
 
@@ -157,6 +158,10 @@ class SwarmConfig:
     echo_payload_bytes: int = 56
     #: echo requests per interval (bursts for throughput)
     echo_burst: int = 1
+    #: UDP echo (port 7) instead of ICMP echo
+    echo_udp: bool = False
+    #: extra pause after each echo (a user's think time); None: none
+    think_time: Callable[[random.Random], float | None] | None = None
     storm: StormSpec | None = None
     #: bound on sessions started over the whole run (None: unbounded)
     max_sessions: int | None = None
@@ -549,6 +554,8 @@ class Swarm:
                 await self._echo(tunnel, target)
                 self._push(session, trace)
                 next_echo += interval
+                if cfg.think_time is not None:
+                    next_echo += cfg.think_time(self._rng) or 0.0
 
     async def _echo(self, tunnel: SwarmTunnel, target: IPv4Address) -> None:
         cfg = self.config
@@ -559,6 +566,7 @@ class Swarm:
             interval_s=0.0,
             timeout_s=cfg.echo_timeout_s,
             payload_bytes=cfg.echo_payload_bytes,
+            udp=cfg.echo_udp,
         )
         st = self.stats
         st.echo_sent += result.sent

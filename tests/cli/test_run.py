@@ -446,3 +446,17 @@ async def test_users_file_identities_serve_again_after_their_session_ends(
     assert summary["sessions"]["started"] >= 9
     assert summary["sessions"]["failed"] == 0
     assert peak <= 3
+
+
+def test_udp_echo_and_think_time(tmp_path: Path) -> None:
+    summary_path = tmp_path / "s.json"
+    proc = loadgen_run(
+        "--sessions", "5", "--rate", "10", "--duration", "3", "--echo-interval", "0.3",
+        "--echo-udp", "--think-time", "uniform:0-0.2", "--summary", str(summary_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(summary_path.read_text())
+    # UDP echo (port 7) is answered by the gateway's data plane, through DTLS
+    assert summary["echo"]["sent"] >= 10
+    assert summary["echo"]["received"] == summary["echo"]["sent"]
+    assert summary["channels"]["dtls"] == 5
