@@ -122,6 +122,7 @@ class FakeTunnel:
         interval_s: float,
         timeout_s: float,
         payload_bytes: int = 56,
+        udp: bool = False,
     ) -> EchoResult:
         script = self.session.script
         self.session.log("echo", count)
