@@ -60,6 +60,8 @@ EXIT_OK = 0
 EXIT_THRESHOLDS = 1
 EXIT_USAGE = 2
 EMBEDDED_PASSWORD = "loadgen"
+#: a start this late behind its schedule marks the generator as saturated
+LATE_START_SATURATION_S = 1.0
 
 
 def add_parser(sub: Any) -> None:
@@ -434,6 +436,9 @@ async def _run_against(
         await swarm.run()
         nursery.cancel_scope.cancel()
     gen = generator_stats(detector)
+    if swarm.stats.max_start_lateness_s > LATE_START_SATURATION_S:
+        # starts fell behind their schedule: the generator could not keep up
+        gen["saturated"] = True
     summary = build_summary(samples_from_registry(registry), generator=gen)
     results = evaluate(thresholds, summary)
     if args.exposition is not None:

@@ -204,6 +204,30 @@ class SwarmStats:
                 del values[: len(values) - limit]
 
 
+class _StartBucket:
+    """A token bucket on session starts: ``rate`` per second, with one second of
+    catch-up burst, so a generator that fell behind can still catch up."""
+
+    def __init__(self, rate: float | None, now: float) -> None:
+        self._rate = rate if rate and math.isfinite(rate) else None
+        self._capacity = max(1.0, self._rate or 1.0)
+        self._tokens = 1.0
+        self._at = now
+
+    def ready_at(self, now: float) -> float:
+        if self._rate is None:
+            return now
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            return now
+        return now + (1.0 - self._tokens) / self._rate
+
+    def take(self) -> None:
+        if self._rate is not None:
+            self._tokens -= 1.0
+
+
 class _SessionTrace:
     """One session's state in the swarm, and the deltas already pushed to the metrics."""
 
@@ -285,12 +309,20 @@ class Swarm:
             if cfg.storm is not None:
                 nursery.start_soon(self._storm_timer, self.started_at + cfg.storm.at_s)
             index = 0
+            bucket = _StartBucket(cfg.max_start_rate, self.started_at)
             with trio.move_on_at(end):
                 while not self._stop.is_set():
                     if cfg.max_sessions is not None and index >= cfg.max_sessions:
                         await self._stop.wait()
                         break
                     now = trio.current_time()
+                    ready_at = bucket.ready_at(now)
+                    if ready_at > now:
+                        # starts, replacements included, stay under the rate: a
+                        # gateway refusing everything cannot cause a retry storm
+                        with trio.move_on_at(ready_at):
+                            await self._stop.wait()
+                        continue
                     scheduled = self._schedule.next_start(now, self._active)
                     if scheduled is None:
                         # nothing due: wait until a session ends or a short tick
@@ -309,6 +341,7 @@ class Swarm:
                             self.stats.max_start_lateness_s, lateness
                         )
                     self._active += 1
+                    bucket.take()
                     nursery.start_soon(self._user, index, scheduled)
                     index += 1
             self._stop.set()

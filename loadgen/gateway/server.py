@@ -8,6 +8,7 @@ reason, and never disturbs other sessions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -165,6 +166,12 @@ class Gateway:
         )
         self.port = listeners[0].socket.getsockname()[1]
         udp = trio.socket.socket(listeners[0].socket.family, socket.SOCK_DGRAM)
+        # one socket carries every session's DTLS: a ramp of hundreds of
+        # handshakes per second overflows the default buffer (each drop costs a
+        # client retransmission of 1 s or more)
+        with contextlib.suppress(OSError):
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         try:
             if self.config.dtls:
                 await udp.bind((self.config.host, self.port))

@@ -460,3 +460,19 @@ def test_udp_echo_and_think_time(tmp_path: Path) -> None:
     assert summary["echo"]["sent"] >= 10
     assert summary["echo"]["received"] == summary["echo"]["sent"]
     assert summary["channels"]["dtls"] == 5
+
+
+def test_a_refusing_gateway_does_not_become_a_retry_storm(tmp_path: Path) -> None:
+    """Closed-model replacements of failed sessions stay under --rate."""
+    port = free_port()
+    summary_path = tmp_path / "s.json"
+    proc = loadgen_run(
+        f"https://127.0.0.1:{port}/", "--insecure", "--password", "x",
+        "--sessions", "50", "--rate", "20", "--duration", "3", "--summary", str(summary_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(summary_path.read_text())
+    started = summary["sessions"]["started"]
+    # 3 s at 20/s plus at most one second of catch-up burst
+    assert 40 <= started <= 20 * 3 + 20 + 1
+    assert summary["failures"] == {"tls/refused": started}
