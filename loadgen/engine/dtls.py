@@ -341,8 +341,9 @@ class DtlsChannel:
         self._dead = None
         self._send_failed = False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._until_dead, self._reader, conn, nursery.cancel_scope)
             nursery.start_soon(self._until_dead, self._timers, conn, nursery.cancel_scope)
+            # the reader runs in this task: one task fewer per session
+            await self._until_dead(self._reader, conn, nursery.cancel_scope)
         raise _AttemptEndedError(self._dead or FallbackReason.DPD)
 
     async def _until_dead(

@@ -76,8 +76,9 @@ class CstpTunnel:
     async def _run(self) -> None:
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, self._reader)
+                # the reader runs in this task: one task fewer per session
                 nursery.start_soon(self._guarded, self._timers)
+                await self._guarded(self._reader)
         self._end(SessionFailedError(Phase.TUNNEL, Reason.CANCELLED, "tunnel stopped"))
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:

@@ -370,7 +370,7 @@ async def test_processes_split_sessions_with_distinct_identities(tmp_path: Path)
         argv = [
             sys.executable, "-m", "loadgen", "run", url_of(gw), "--cafile", str(ca),
             "--user-pattern", "p{n}", "--password-stdin",
-            "--sessions", "5", "--rate", "50", "--duration", "3", "--processes", "2",
+            "--sessions", "5", "--rate", "50", "--duration", "6", "--processes", "2",
             "--no-progress", "--summary", str(out),
         ]  # fmt: skip
         with (tmp_path / "out.txt").open("wb") as log:
