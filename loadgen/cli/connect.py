@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
+from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions, offer
 from loadgen.engine.session import (
     DEFAULT_USER_AGENT,
     DownloadMode,
@@ -245,7 +245,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.url is None:
         return _main_embedded(parser, args)
     try:
-        url = parse_gateway_url(args.url)
+        parse_gateway_url(args.url)  # a usage error before anything else
         pin = parse_pin(args.servercert) if args.servercert else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -259,18 +259,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         ctx = build_client_context(tls)
     except (OSError, ValueError) as exc:
         parser.error(f"cannot load --cafile: {exc}")
-    cfg = SessionConfig(
-        dtls=_dtls_options(args),
-        url=url,
-        username=args.user,
-        password=password,
-        group=args.group,
-        tls=tls,
-        user_agent=args.user_agent,
-        hostname=args.hostname,
-        timeout_s=args.timeout,
-        download=DownloadMode(args.download),
-    )
+    cfg = _session_config(args, args.url, tls, password)
     report = trio.run(run_connect, cfg, ctx, args)
     return _output(report, args)
 
@@ -298,36 +287,40 @@ def _main_embedded(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 async def _run_embedded(args: argparse.Namespace, password: str) -> dict[str, Any]:
     async with embedded_gateway() as gw:
         tls = TlsOptions(cafile=str(gw.ca_path))
-        cfg = SessionConfig(
-            dtls=_dtls_options(args),
-            url=parse_gateway_url(gw.url),
-            username=args.user,
-            password=password,
-            group=args.group,
-            tls=tls,
-            user_agent=args.user_agent,
-            hostname=args.hostname,
-            timeout_s=args.timeout,
-            download=DownloadMode(args.download),
-        )
+        cfg = _session_config(args, gw.url, tls, password)
         report = await run_connect(cfg, build_client_context(tls), args)
         report["gateway"] = gw.url
         return report
 
 
-def _dtls_options(args: argparse.Namespace) -> DtlsOptions | None:
+def dtls_options_from_args(args: argparse.Namespace) -> DtlsOptions | None:
+    """The DTLS options shared by ``connect`` and ``run``."""
     if args.no_dtls:
         return None
-    ciphers, ciphers12 = args.dtls_ciphers, args.dtls12_ciphers
-    if ciphers is None and ciphers12 is None:
-        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
-    return DtlsOptions(
-        ciphers=ciphers,
-        ciphers12=ciphers12,
+    return offer(
+        args.dtls_ciphers,
+        args.dtls12_ciphers,
         schedule_s=args.dtls_schedule,
         reattempt_s=args.dtls_reattempt,
         host=args.dtls_host,
         port=args.dtls_port,
+    )
+
+
+def _session_config(
+    args: argparse.Namespace, url: str, tls: TlsOptions, password: str
+) -> SessionConfig:
+    return SessionConfig(
+        dtls=dtls_options_from_args(args),
+        url=parse_gateway_url(url),
+        username=args.user,
+        password=password,
+        group=args.group,
+        tls=tls,
+        user_agent=args.user_agent,
+        hostname=args.hostname,
+        timeout_s=args.timeout,
+        download=DownloadMode(args.download),
     )
 
 

@@ -207,6 +207,22 @@ async def _child(
                     await proc.wait()
 
 
+#: status fields summed over the engine processes
+_SUMMED = (
+    "connecting",
+    "started",
+    "established",
+    "failed",
+    "closed",
+    "echo_sent",
+    "echo_received",
+    "dtls_attempted",
+    "dtls_fallbacks",
+    "tx_bytes",
+    "rx_bytes",
+)
+
+
 def _aggregate(statuses: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {
         "elapsed": 0.0,
@@ -223,19 +239,7 @@ def _aggregate(statuses: list[dict[str, Any]]) -> dict[str, Any]:
         total["elapsed"] = max(total["elapsed"], s["elapsed"])
         for ch, v in s["active"].items():
             total["active"][ch] = total["active"].get(ch, 0) + v
-        for key in (
-            "connecting",
-            "started",
-            "established",
-            "failed",
-            "closed",
-            "echo_sent",
-            "echo_received",
-            "dtls_attempted",
-            "dtls_fallbacks",
-            "tx_bytes",
-            "rx_bytes",
-        ):
+        for key in _SUMMED:
             total[key] = total.get(key, 0) + s.get(key, 0)
         for k, v in s["failures"].items():
             total["failures"][k] = total["failures"].get(k, 0) + v
@@ -243,19 +247,7 @@ def _aggregate(statuses: list[dict[str, Any]]) -> dict[str, Any]:
         total["echo_rtts"] += s["echo_rtts"]
         total["saturated"] = total["saturated"] or s["saturated"]
         total["cpu_seconds"] += s["cpu_seconds"]
-    for key in (
-        "connecting",
-        "started",
-        "established",
-        "failed",
-        "closed",
-        "echo_sent",
-        "echo_received",
-        "dtls_attempted",
-        "dtls_fallbacks",
-        "tx_bytes",
-        "rx_bytes",
-    ):
+    for key in _SUMMED:
         total.setdefault(key, 0)
     return total
 

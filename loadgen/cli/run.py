@@ -17,9 +17,8 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.cli import processes
-from loadgen.cli.connect import _cipher_list, _positive_float, _schedule
+from loadgen.cli.connect import _cipher_list, _positive_float, _schedule, dtls_options_from_args
 from loadgen.cli.progress import Progress, print_summary
-from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
 from loadgen.engine.feeder import (
     Credentials,
     FeederError,
@@ -298,22 +297,6 @@ def _feeder(args: argparse.Namespace, password: str | None) -> IdentityFeeder:
     return feeder.slice(index, count)
 
 
-def _dtls(args: argparse.Namespace) -> DtlsOptions | None:
-    if args.no_dtls:
-        return None
-    ciphers, ciphers12 = args.dtls_ciphers, args.dtls12_ciphers
-    if ciphers is None and ciphers12 is None:
-        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
-    return DtlsOptions(
-        ciphers=ciphers,
-        ciphers12=ciphers12,
-        schedule_s=args.dtls_schedule,
-        reattempt_s=args.dtls_reattempt,
-        host=args.dtls_host,
-        port=args.dtls_port,
-    )
-
-
 def _swarm_config(
     args: argparse.Namespace, url: str, tls: TlsOptions, password: str
 ) -> SwarmConfig:
@@ -337,7 +320,7 @@ def _swarm_config(
         user_agent=args.user_agent,
         timeout_s=args.timeout,
         download=DownloadMode(args.download),
-        dtls=_dtls(args),
+        dtls=dtls_options_from_args(args),
     )
     return SwarmConfig(
         base=base,

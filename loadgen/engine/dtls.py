@@ -17,7 +17,7 @@ import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -45,6 +45,7 @@ __all__ = [
     "DtlsChannel",
     "DtlsOptions",
     "DtlsState",
+    "offer",
     "open_udp",
 ]
 
@@ -81,6 +82,17 @@ class DtlsOptions:
     #: send DTLS here instead of the gateway's host and X-DTLS-Port (fault proxies)
     host: str | None = None
     port: int | None = None
+
+
+def offer(
+    ciphers: tuple[str, ...] | None, ciphers12: tuple[str, ...] | None, **rest: Any
+) -> DtlsOptions:
+    """DtlsOptions for the two offers as a user gave them: neither given means
+    both default offers, as AnyConnect sends; one given alone means the other
+    header is not sent."""
+    if ciphers is None and ciphers12 is None:
+        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
+    return DtlsOptions(ciphers=ciphers, ciphers12=ciphers12, **rest)
 
 
 class DtlsState(enum.StrEnum):

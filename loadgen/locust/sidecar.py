@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from loadgen.engine.dtls import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DtlsOptions
+from loadgen.engine.dtls import DtlsOptions, offer
 from loadgen.engine.limits import raise_nofile_limit
 from loadgen.engine.session import SessionConfig, VpnSession, open_session, translate
 from loadgen.engine.tls import TlsOptions, build_client_context
@@ -264,10 +264,7 @@ class Sidecar:
             ctx = self._contexts[tls] = build_client_context(tls)
         dtls: DtlsOptions | None = None
         if cmd.dtls:
-            ciphers, ciphers12 = cmd.dtls_ciphers, cmd.dtls12_ciphers
-            if ciphers is None and ciphers12 is None:
-                ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
-            dtls = DtlsOptions(ciphers=ciphers, ciphers12=ciphers12)
+            dtls = offer(cmd.dtls_ciphers, cmd.dtls12_ciphers)
         cfg = SessionConfig(
             url=parse_gateway_url(cmd.url),
             username=cmd.username,
