@@ -23,10 +23,12 @@ from pathlib import Path
 
 import trio
 
-__all__ = ["EmbeddedGateway", "embedded_gateway"]
+__all__ = ["BANNER_CA", "BANNER_URL", "EmbeddedGateway", "embedded_gateway"]
 
-_URL = re.compile(rb"gateway listening: (https://\S+)")
-_CA = re.compile(rb"CA certificate: (\S+)")
+#: the banner ``loadgen gateway`` prints on stdout once it listens (one place
+#: for every reader: this module, the Locust client, the test fixture)
+BANNER_URL = re.compile(r"gateway listening: (https://\S+)")
+BANNER_CA = re.compile(r"CA certificate: (\S+)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,10 +89,11 @@ async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> 
             if not chunk:
                 break
             buf += chunk
-            if m := _URL.search(buf):
-                url = m.group(1).decode()
-            if m := _CA.search(buf):
-                ca = Path(m.group(1).decode())
+            text = buf.decode("utf-8", "replace")
+            if m := BANNER_URL.search(text):
+                url = m.group(1)
+            if m := BANNER_CA.search(text):
+                ca = Path(m.group(1))
     if url is None or ca is None:
         tail = log_path.read_text(errors="replace")[-1500:]
         raise EmbeddedGatewayError(f"the embedded gateway did not start: {tail}")

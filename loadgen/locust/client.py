@@ -35,6 +35,7 @@ import gevent.lock  # type: ignore[import-untyped]
 import gevent.os  # type: ignore[import-untyped]
 import gevent.subprocess  # type: ignore[import-untyped]
 
+from loadgen.gateway.embedded import BANNER_CA, BANNER_URL
 from loadgen.locust.protocol import (
     CommandRejected,
     Connect,
@@ -408,8 +409,6 @@ class SidecarClient:
 
 # -- the embedded reference gateway ------------------------------------------------------
 
-_URL = re.compile(r"gateway listening: (https://\S+)")
-_CA = re.compile(r"CA certificate: (\S+)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,9 +466,9 @@ class GatewayProcess:
                 line = self._proc.stdout.readline().decode(errors="replace")
                 if not line:
                     break
-                if m := _URL.search(line):
+                if m := BANNER_URL.search(line):
                     url = m.group(1)
-                if m := _CA.search(line):
+                if m := BANNER_CA.search(line):
                     ca = m.group(1)
         if url is None or ca is None:
             with open(log_path, errors="replace") as f:

@@ -3,7 +3,6 @@ as users run it) or in-process on a trio nursery."""
 
 from __future__ import annotations
 
-import re
 import signal
 import ssl
 import subprocess
@@ -18,14 +17,13 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from loadgen.gateway.config import GatewayConfig
+from loadgen.gateway.embedded import BANNER_CA, BANNER_URL
 from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
 from loadgen.metrics.gateway import GatewayMetrics
 
 __all__ = ["GatewayProcess", "gateway_process", "start_gateway"]
 
-_URL = re.compile(r"gateway listening: (https://\S+)")
-_CA = re.compile(r"CA certificate: (\S+)")
 
 
 @dataclass
@@ -76,9 +74,9 @@ def gateway_process(
             line = proc.stdout.readline()
             if not line:
                 break
-            if m := _URL.search(line):
+            if m := BANNER_URL.search(line):
                 url = m.group(1)
-            if m := _CA.search(line):
+            if m := BANNER_CA.search(line):
                 ca = m.group(1)
         if url is None or ca is None:
             raise RuntimeError(f"gateway did not start: {stderr_path.read_text()[-2000:]}")
