@@ -1,0 +1,1 @@
+"""A Toxiproxy-compatible TCP and UDP fault proxy (``loadgen faultproxy``)."""
