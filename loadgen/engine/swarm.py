@@ -22,8 +22,9 @@ from typing import Protocol
 import trio
 
 from loadgen.engine.echo import EchoResult
+from loadgen.engine.meter import DtlsChannelLike, TunnelMeter
 from loadgen.engine.session import SessionConfig, open_session
-from loadgen.failures import FallbackReason, Phase, Reason, SessionFailedError
+from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
 
 __all__ = [
@@ -69,22 +70,6 @@ class SwarmMetrics(Protocol):
     def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
     def reconnect(self, seconds: float) -> None: ...
     def session_final_channel(self, channel: str) -> None: ...
-
-
-class DtlsReportLike(Protocol):
-    """What the swarm reads of ``loadgen.engine.dtls.DtlsReport``."""
-
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def retransmits(self) -> int: ...
-    @property
-    def fallbacks(self) -> list[FallbackReason]: ...
-
-
-class DtlsChannelLike(Protocol):
-    @property
-    def report(self) -> DtlsReportLike: ...
 
 
 class SwarmTunnel(Protocol):
@@ -231,21 +216,10 @@ class _StartBucket:
 class _SessionTrace:
     """One session's state in the swarm, and the deltas already pushed to the metrics."""
 
-    __slots__ = (
-        "attempts",
-        "channel",
-        "data_channel",
-        "done",
-        "fallbacks",
-        "retransmits",
-        "traffic",
-    )
+    __slots__ = ("channel", "data_channel", "done", "meter")
 
     def __init__(self) -> None:
-        self.attempts = 0
-        self.fallbacks = 0
-        self.retransmits = 0
-        self.traffic: dict[str, tuple[int, int, int, int]] = {}
+        self.meter = TunnelMeter()
         #: where the session counts as active: "connecting", a data channel, None
         self.channel: str | None = None
         #: the last data channel it was on (None: never established)
@@ -518,26 +492,9 @@ class Swarm:
         tunnel = session.tunnel
         if tunnel is None:
             return
-        m, st = self.metrics, self.stats
-        dtls = tunnel.dtls
-        if dtls is not None:
-            report = dtls.report
-            for _ in range(report.attempts - trace.attempts):
-                m.dtls_attempt()
-                st.dtls_attempted += 1
-            for reason in report.fallbacks[trace.fallbacks :]:
-                m.dtls_fallback(str(reason))
-                st.dtls_fallbacks += 1
-            if report.retransmits > trace.retransmits:
-                m.dtls_retransmits(report.retransmits - trace.retransmits)
-            trace.attempts, trace.fallbacks = report.attempts, len(report.fallbacks)
-            trace.retransmits = report.retransmits
-        for name, now in tunnel.traffic().items():
-            before = trace.traffic.get(name, (0, 0, 0, 0))
-            if now != before:
-                m.traffic(name, "tx", now[0] - before[0], now[1] - before[1])
-                m.traffic(name, "rx", now[2] - before[2], now[3] - before[3])
-                trace.traffic[name] = now
+        attempts, fallbacks = trace.meter.push(tunnel, self.metrics)
+        self.stats.dtls_attempted += attempts
+        self.stats.dtls_fallbacks += fallbacks
 
     async def _hold(self, session: SwarmSession, deadline: float, trace: _SessionTrace) -> None:
         pokes = [trio.Event()]
@@ -619,8 +576,7 @@ class Swarm:
         start = trio.current_time()
         await session.aclose()
         self._move(trace, "connecting")
-        trace.traffic.clear()
-        trace.attempts = trace.fallbacks = trace.retransmits = 0
+        trace.meter.reset()
         last: SessionFailedError | None = None
         for attempt in range(storm.retries + 1):
             if attempt:

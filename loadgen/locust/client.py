@@ -109,6 +109,8 @@ class ConnectParams:
     dtls: bool = True
     dtls_ciphers: tuple[str, ...] | None = None
     dtls12_ciphers: tuple[str, ...] | None = None
+    dtls_host: str | None = None
+    dtls_port: int | None = None
     timeout_s: float = 30.0
 
 
@@ -141,6 +143,8 @@ class SidecarClient:
         self._dead = False
         #: session id -> called when its tunnel ends by itself
         self.on_tunnel_ended: dict[int, Callable[[TunnelEnded], None]] = {}
+        #: where the sidecar serves its metrics, once it is ready (None: nowhere)
+        self.metrics_url: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -152,7 +156,15 @@ class SidecarClient:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self, timeout_s: float = START_S) -> None:
+    def start(
+        self,
+        timeout_s: float = START_S,
+        *,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
+        """Start the sidecar and wait for it; with ``metrics_port`` it serves
+        Prometheus metrics there (``metrics_url`` says whether it could)."""
         argv = [
             sys.executable,
             "-m",
@@ -162,6 +174,8 @@ class SidecarClient:
         ]
         if tag := _tag():
             argv += ["--tag", tag]
+        if metrics_port is not None:
+            argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         child_in, self._to_child = os.pipe()
         self._from_child, child_out = os.pipe()
         try:
@@ -309,6 +323,8 @@ class SidecarClient:
                 dtls=params.dtls,
                 dtls_ciphers=params.dtls_ciphers,
                 dtls12_ciphers=params.dtls12_ciphers,
+                dtls_host=params.dtls_host,
+                dtls_port=params.dtls_port,
                 timeout_s=params.timeout_s,
             )
 
@@ -349,6 +365,7 @@ class SidecarClient:
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, SidecarReady):
+            self.metrics_url = message.metrics
             self._ready.set(message.pid)
         elif isinstance(message, PhaseCompleted):
             if message.seq in self._pending:  # else: abandoned by a disconnect
@@ -408,7 +425,6 @@ class SidecarClient:
 
 
 # -- the embedded reference gateway ------------------------------------------------------
-
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -91,6 +91,9 @@ class Connect:
     #: None: the engine's default offers
     dtls_ciphers: tuple[str, ...] | None = None
     dtls12_ciphers: tuple[str, ...] | None = None
+    #: where DTLS goes instead of the gateway's host and advertised port (a fault proxy)
+    dtls_host: str | None = None
+    dtls_port: int | None = None
     timeout_s: float = 30.0
 
 
@@ -130,6 +133,8 @@ class Shutdown:
 class SidecarReady:
     TYPE: ClassVar[str] = "ready"
     pid: int
+    #: the URL of this sidecar's Prometheus metrics (None: not served)
+    metrics: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

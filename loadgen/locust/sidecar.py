@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 
 import trio
+from prometheus_client import CollectorRegistry, start_http_server
 
 from loadgen.engine.dtls import DtlsOptions, offer
 from loadgen.engine.limits import raise_nofile_limit
@@ -32,6 +33,7 @@ from loadgen.engine.session import SessionConfig, VpnSession, open_session, tran
 from loadgen.engine.tls import TlsOptions, build_client_context
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.locust.metering import SessionMetering
 from loadgen.locust.protocol import (
     CommandRejected,
     Connect,
@@ -50,6 +52,8 @@ from loadgen.locust.protocol import (
     TunnelEnded,
     encode_message,
 )
+from loadgen.metrics.client import ClientMetrics
+from loadgen.metrics.lag import SaturationDetector, monitor_loop_lag
 from loadgen.proto.cstp import DisconnectReason
 
 __all__ = ["Sidecar", "main"]
@@ -96,6 +100,7 @@ class _Entry:
     #: seq of the Disconnect to answer; None at shutdown (nobody waits)
     disconnect_seq: int | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    meter: SessionMetering | None = None
 
 
 class Sidecar:
@@ -107,8 +112,12 @@ class Sidecar:
         send: trio.abc.SendStream,
         *,
         parent_pid: int | None,
+        metrics: ClientMetrics | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         self._receive = receive
+        self._metrics = metrics if metrics is not None else ClientMetrics(CollectorRegistry())
+        self._metrics_url = metrics_url
         self._out = send
         self._parent_pid = parent_pid
         self._write_lock = trio.Lock()
@@ -124,9 +133,11 @@ class Sidecar:
         async with trio.open_nursery() as root:
             if self._parent_pid is not None:
                 root.start_soon(self._watch_parent)
+            detector = SaturationDetector(metrics=self._metrics)
+            root.start_soon(lambda: monitor_loop_lag(self._metrics, detector=detector))
             async with trio.open_nursery() as sessions:
                 self._nursery = sessions
-                await self._send(SidecarReady(pid=os.getpid()))
+                await self._send(SidecarReady(pid=os.getpid(), metrics=self._metrics_url))
                 root.start_soon(self._read_commands)
                 await self._stop.wait()
                 await self._close_all()
@@ -264,7 +275,11 @@ class Sidecar:
             ctx = self._contexts[tls] = build_client_context(tls)
         dtls: DtlsOptions | None = None
         if cmd.dtls:
-            dtls = offer(cmd.dtls_ciphers, cmd.dtls12_ciphers)
+            if cmd.dtls_port is not None and not 0 < cmd.dtls_port < 65536:
+                raise ValueError("dtls_port must be in 1..65535")
+            dtls = offer(
+                cmd.dtls_ciphers, cmd.dtls12_ciphers, host=cmd.dtls_host, port=cmd.dtls_port
+            )
         cfg = SessionConfig(
             url=parse_gateway_url(cmd.url),
             username=cmd.username,
@@ -283,6 +298,8 @@ class Sidecar:
         self, cmd: Connect, cfg: SessionConfig, ctx: ssl.SSLContext, entry: _Entry
     ) -> None:
         answered = False
+        meter = entry.meter = SessionMetering(self._metrics)
+        session: VpnSession | None = None
         try:
             async with open_session(cfg, ctx) as session:
                 answered = await self._connect(cmd, session, entry)
@@ -290,6 +307,7 @@ class Sidecar:
                     await self._serve(session, entry)
         except Exception as exc:  # one session never takes the sidecar down
             failure = translate(Phase.TUNNEL if entry.up else Phase.TLS, exc)
+            meter.failed(failure, None if session is None else session.tunnel)
             if failure.reason is Reason.INTERNAL:
                 log.warning("session %d: internal error", cmd.id, exc_info=exc)
             if entry.closing:
@@ -306,6 +324,7 @@ class Sidecar:
                     )
                 )
         finally:
+            meter.closed(None if session is None else session.tunnel)
             entry.up = False
             self._sessions.pop(entry.id, None)
             entry.inbox_send.close()
@@ -328,6 +347,7 @@ class Sidecar:
         """Phases 1 to 6; True once the request has its final reply."""
         dtls_s = 0.0
         failure: SessionFailedError | None = None
+        began = trio.current_time()
         with trio.CancelScope() as scope:
             entry.op_scope = scope
             try:
@@ -342,16 +362,20 @@ class Sidecar:
         if scope.cancelled_caught or entry.closing:
             return True  # the client gave this connect up with a disconnect
         await self._send_phases(cmd, session, dtls_s if failure is None else None)
+        assert entry.meter is not None
         if failure is not None:
+            entry.meter.failed(failure, session.tunnel)
             await self._fail(cmd.seq, cmd.id, failure)
             return True
-        assert session.tunnel is not None
-        session.tunnel.on_end = lambda: _notify_end(entry)
+        tunnel = session.tunnel
+        assert tunnel is not None
+        tunnel.on_end = lambda: _notify_end(entry)
+        meter = entry.meter
+        meter.established(dict(session.phases), trio.current_time() - began, tunnel)
+        tunnel.on_channel = lambda _old, new: meter.move(new)
         entry.up = True
         await self._send(
-            Connected(
-                seq=cmd.seq, id=cmd.id, channel=session.tunnel.channel, seconds=session.connect_time
-            )
+            Connected(seq=cmd.seq, id=cmd.id, channel=tunnel.channel, seconds=session.connect_time)
         )
         return True
 
@@ -396,6 +420,11 @@ class Sidecar:
             if isinstance(item, _TunnelEndedNotice) or tunnel is None:
                 if not entry.closing:
                     ended = None if tunnel is None else tunnel.ended
+                    if entry.meter is not None:
+                        entry.meter.failed(
+                            ended or SessionFailedError(Phase.TUNNEL, Reason.TERMINATED, "ended"),
+                            tunnel,
+                        )
                     await self._send(
                         TunnelEnded(
                             id=entry.id,
@@ -428,6 +457,9 @@ class Sidecar:
         if scope.cancelled_caught:
             return  # a disconnect took over; the client no longer waits
         channel = max(result.channels, key=result.channels.__getitem__, default=tunnel.channel)
+        if entry.meter is not None:
+            entry.meter.echo(channel, result)
+            entry.meter.push(tunnel)
         await self._send(
             EchoCompleted(
                 seq=cmd.seq,
@@ -466,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--parent-pid", type=int, help="exit when this parent process is gone")
     parser.add_argument("--tag", default="", help="a marker for process listings (ignored)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="and this address")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if "locust" in sys.modules or "gevent.monkey" in sys.modules:
@@ -491,10 +525,25 @@ def main(argv: list[str] | None = None) -> int:
     os.close(null)
     os.dup2(2, 1)
 
+    metrics = ClientMetrics(CollectorRegistry())
+    metrics_url = None
+    if args.metrics_port is not None:
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+            metrics_url = f"http://{args.metrics_host}:{args.metrics_port}/metrics"
+        except OSError as exc:
+            # the run goes on; the Locust side warns that this port is not served
+            log.error(
+                "cannot serve metrics on %s:%d: %s", args.metrics_host, args.metrics_port, exc
+            )
+
     async def _main() -> None:
         receive = trio.lowlevel.FdStream(in_fd)
         send = trio.lowlevel.FdStream(out_fd)
-        await Sidecar(receive, send, parent_pid=parent_pid).run()
+        sidecar = Sidecar(
+            receive, send, parent_pid=parent_pid, metrics=metrics, metrics_url=metrics_url
+        )
+        await sidecar.run()
 
     trio.run(_main)
     return 0

@@ -20,8 +20,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent.lock  # type: ignore[import-untyped]
@@ -37,6 +39,7 @@ from loadgen.engine.feeder import (
     PatternFeeder,
     new_run_id,
 )
+from loadgen.locust import discovery
 from loadgen.locust.client import (
     ConnectParams,
     GatewayProcess,
@@ -52,6 +55,7 @@ __all__ = ["IDENTITIES_PER_PROCESS", "VpnConnection", "VpnSettings", "VpnUser"]
 log = logging.getLogger("loadgen.locust")
 
 IDENTITIES_PER_PROCESS = 100_000
+DEFAULT_METRICS_PORT = 9646
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -81,6 +85,11 @@ class VpnSettings:
     echo_interval_s: float = 0.2
     echo_timeout_s: float = 2.0
     timeout_s: float = 30.0
+    dtls_host: str | None = None
+    dtls_port: int | None = None
+    #: base port of the sidecars' metrics (plus the worker index); None: not served
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_options(cls, options: Any) -> VpnSettings:
@@ -107,9 +116,17 @@ class VpnSettings:
             echo_interval_s=float(opt("vpn_echo_interval", 0.2)),
             echo_timeout_s=float(opt("vpn_echo_timeout", 2.0)),
             timeout_s=float(opt("vpn_timeout", 30.0)),
+            dtls_host=opt("vpn_dtls_host", None),
+            dtls_port=_optional_int(opt("vpn_dtls_port", None)),
+            metrics_port=_optional_int(opt("vpn_metrics_port", DEFAULT_METRICS_PORT)) or None,
+            metrics_host=str(opt("vpn_metrics_host", "127.0.0.1")),
         )
         if settings.echo_count < 1 or settings.echo_interval_s < 0:
             raise ValueError("--vpn-echo-count must be >= 1 and --vpn-echo-interval >= 0")
+        if settings.dtls_port is not None and not 0 < settings.dtls_port < 65536:
+            raise ValueError("--vpn-dtls-port must be in 1..65535")
+        if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
+            raise ValueError("--vpn-metrics-port must be in 1..65535 (0: off)")
         if settings.echo_timeout_s <= 0 or settings.timeout_s <= 0:
             raise ValueError("--vpn-echo-timeout and --vpn-timeout must be positive")
         try:
@@ -117,6 +134,10 @@ class VpnSettings:
         except FeederError as exc:
             raise ValueError(f"--vpn-user-pattern: {exc}") from None
         return settings
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
 
 
 def _add_options(parser: Any, **_kwargs: Any) -> None:
@@ -139,6 +160,21 @@ def _add_options(parser: Any, **_kwargs: Any) -> None:
     add("--vpn-echo-interval", type=float, default=0.2, help="seconds between echo requests")
     add("--vpn-echo-timeout", type=float, default=2.0, help="seconds to wait for each reply")
     add("--vpn-timeout", type=float, default=30.0, help="bound for each connect phase, seconds")
+    add("--vpn-dtls-host", default="", help="send DTLS here instead of the gateway's host")
+    add("--vpn-dtls-port", type=int, default=None, help="and to this port (a fault proxy)")
+    add(
+        "--vpn-metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="each engine sidecar serves Prometheus metrics on this port plus its "
+        f"worker index (default {DEFAULT_METRICS_PORT}; 0: off)",
+    )
+    add("--vpn-metrics-host", default="127.0.0.1", help="address the sidecars' metrics bind")
+    add(
+        "--prometheus-sd",
+        default="",
+        help="write a Prometheus file_sd JSON file listing every sidecar's metrics",
+    )
 
 
 # -- per process state ------------------------------------------------------------------
@@ -150,6 +186,7 @@ class _Process:
     def __init__(self) -> None:
         self.sidecar: SidecarClient | None = None
         self.gateway: GatewayProcess | None = None
+        self.discovery: discovery.ServiceDiscoveryFile | None = None
         self.ids = itertools.count(1)
         #: set at exit: no sidecar starts any more, users still running give up quietly
         self.quitting = False
@@ -165,9 +202,16 @@ class _Process:
             if self.quitting:
                 raise SidecarError("Locust is quitting")
             if self.sidecar is None or not self.sidecar.alive:
+                settings = VpnSettings.from_options(environment.parsed_options)
+                worker = _worker_index(environment)
+                port = None
+                if settings.metrics_port is not None:
+                    port = settings.metrics_port + worker
                 client = SidecarClient(environment.events.request.fire)
-                client.start()
+                client.start(metrics_port=port, metrics_host=settings.metrics_host)
                 self.sidecar = client
+                if port is not None:
+                    _announce_metrics(environment, client, settings.metrics_host, port, worker)
             return self.sidecar
 
     def close_sidecar(self) -> None:
@@ -177,7 +221,7 @@ class _Process:
             sidecar.close()
 
     def acquire(self, environment: Environment, settings: VpnSettings) -> tuple[Credentials, str]:
-        worker = max(0, int(getattr(environment.runner, "worker_index", 0) or 0))
+        worker = _worker_index(environment)
         key = (settings.user_pattern, settings.group, worker)
         if self._pool is None or self._pool_key != key:
             feeder = PatternFeeder(
@@ -201,17 +245,60 @@ class _Process:
 _PROCESS = _Process()
 
 
+def _worker_index(environment: Environment) -> int:
+    """0 for a local runner; the index the master gave this worker otherwise."""
+    return max(0, int(getattr(environment.runner, "worker_index", 0) or 0))
+
+
+def _announce_metrics(
+    environment: Environment, client: SidecarClient, host: str, port: int, worker: int
+) -> None:
+    """Print where this sidecar's metrics are, and tell the run's owner (for the SD file)."""
+    if client.metrics_url is None:
+        log.warning(
+            "engine sidecar metrics NOT served: port %d is taken (--vpn-metrics-port)", port
+        )
+        return
+    log.info("engine sidecar %d metrics: %s", worker, client.metrics_url)
+    target_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    runner = environment.runner
+    if runner is not None:
+        runner.send_message(
+            discovery.MESSAGE_TYPE, {"worker": worker, "target": f"{target_host}:{port}"}
+        )
+
+
+def _on_metrics_message(environment: Environment, msg: Any, **_kwargs: Any) -> None:
+    sd = _PROCESS.discovery
+    data = msg.data if isinstance(msg.data, dict) else {}
+    worker, target = data.get("worker"), data.get("target")
+    if sd is None or not isinstance(worker, int) or not isinstance(target, str):
+        return
+    try:
+        sd.add(worker, target)
+    except OSError as exc:
+        log.error("cannot write %s: %s", sd.path, exc)
+
+
 def _on_init(environment: Environment, **_kwargs: Any) -> None:
     try:
         VpnSettings.from_options(environment.parsed_options)
     except ValueError as exc:
         logging.getLogger("loadgen.locust").error("%s", exc)
         sys.exit(2)
-    if isinstance(environment.runner, WorkerRunner) or environment.host:
+    runner = environment.runner
+    if runner is not None and not isinstance(runner, WorkerRunner):
+        runner.register_message(discovery.MESSAGE_TYPE, _on_metrics_message)
+        sd_path = getattr(environment.parsed_options, "prometheus_sd", "")
+        if sd_path:
+            _PROCESS.discovery = discovery.ServiceDiscoveryFile(Path(sd_path))
+            _PROCESS.discovery.write()  # an empty list until sidecars start
+            log.info("Prometheus service discovery file: %s", sd_path)
+    if isinstance(runner, WorkerRunner) or environment.host:
         return
     if any(getattr(cls, "host", None) for cls in environment.user_classes):
         return
-    gateway = GatewayProcess()
+    gateway = GatewayProcess(_embedded_gateway_args(environment))
     info = gateway.start()
     _PROCESS.gateway = gateway
     environment.host = info.url
@@ -223,6 +310,17 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         options.vpn_cafile = info.ca_path
         options.host = info.url
     log.info("no --host: the embedded reference gateway %s is the target", info.url)
+
+
+def _embedded_gateway_args(environment: Environment) -> tuple[str, ...]:
+    """Options a scenario gives the embedded gateway (``VpnUser.embedded_gateway_args``)."""
+    args: tuple[str, ...] = ()
+    for cls in environment.user_classes:
+        extra = tuple(getattr(cls, "embedded_gateway_args", ()))
+        if extra and args and extra != args:
+            raise SystemExit("user classes disagree on embedded_gateway_args")
+        args = extra or args
+    return args
 
 
 def _on_test_stop(**_kwargs: Any) -> None:
@@ -296,6 +394,8 @@ class VpnConnection:
             dtls=settings.dtls,
             dtls_ciphers=settings.dtls_ciphers,
             dtls12_ciphers=settings.dtls12_ciphers,
+            dtls_host=settings.dtls_host,
+            dtls_port=settings.dtls_port,
             timeout_s=settings.timeout_s,
         )
         try:
@@ -379,9 +479,12 @@ class VpnUser(User):
     """One synthetic VPN client: connects on start, disconnects on stop.
 
     Subclasses add tasks that call ``self.vpn.echo()`` (and set ``wait_time``).
+    ``embedded_gateway_args`` are extra ``loadgen gateway`` options for the
+    embedded gateway a run without ``--host`` starts (e.g. a short ``--dpd``).
     """
 
     abstract = True
+    embedded_gateway_args: tuple[str, ...] = ()
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)

@@ -8,7 +8,6 @@ loopback: the embedded gateway listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import shutil
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.locust.client import TAG_ENV
 from loadgen.locust.protocol import Disconnect as DisconnectCommand
 from loadgen.locust.protocol import (
     Disconnected,
@@ -30,58 +28,25 @@ from loadgen.locust.protocol import (
     SidecarReady,
     encode_message,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-PHASES = ["tls", "group_select", "auth", "download", "cstp_connect", "dtls", "connect"]
+from tests.helpers.locust_run import (
+    PHASES,
+    ROOT,
+    SECRET,
+    kill_tagged,
+    locust_argv,
+    locust_env,
+    tagged,
+    wait_none_left,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
-
-
-def _locust() -> list[str]:
-    exe = shutil.which("locust")
-    return [exe] if exe else [sys.executable, "-m", "locust"]
-
-
-SECRET = f"pw-{uuid.uuid4().hex}"
-
-
-def _env(tag: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env[TAG_ENV] = tag
-    env["LOADGEN_VPN_PASSWORD"] = SECRET
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _tagged(tag: str) -> list[str]:
-    proc = subprocess.run(
-        ["pgrep", "-af", tag], capture_output=True, text=True, timeout=10, check=False
-    )
-    return [line for line in proc.stdout.splitlines() if line.strip()]
-
-
-def _wait_none_left(tag: str, timeout_s: float) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    left = _tagged(tag)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _tagged(tag)
-    return left
-
-
-def _kill_tagged(tag: str) -> None:
-    """Cleanup for a failed test only: end what this test started, by pid."""
-    for line in _tagged(tag):
-        pid = int(line.split()[0])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_headless_run_reports_every_phase_and_leaves_nothing(tmp_path: Path) -> None:
     tag = f"lgtest{uuid.uuid4().hex[:12]}"
     prefix = tmp_path / "out"
     argv = [
-        *_locust(),
+        *locust_argv(),
         "-f",
         "scenarios/connect.py",
         "--headless",
@@ -91,13 +56,21 @@ def test_headless_run_reports_every_phase_and_leaves_nothing(tmp_path: Path) -> 
         "10",
         "-t",
         "15s",
+        "--vpn-metrics-port",
+        "0",
         "--csv",
         str(prefix),
         "--only-summary",
     ]
     try:
         proc = subprocess.run(
-            argv, cwd=ROOT, env=_env(tag), capture_output=True, text=True, timeout=120, check=False
+            argv,
+            cwd=ROOT,
+            env=locust_env(tag),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         log = proc.stdout[-3000:] + proc.stderr[-5000:]
         assert proc.returncode == 0, log
@@ -118,9 +91,9 @@ def test_headless_run_reports_every_phase_and_leaves_nothing(tmp_path: Path) -> 
         # the password never reaches Locust's output or its reports
         assert SECRET not in proc.stdout + proc.stderr
         assert all(SECRET not in p.read_text() for p in tmp_path.glob("out_*.csv"))
-        assert _wait_none_left(tag, 5.0) == []
+        assert wait_none_left(tag, 5.0) == []
     finally:
-        _kill_tagged(tag)
+        kill_tagged(tag)
 
 
 def test_children_exit_when_locust_is_killed(tmp_path: Path) -> None:
@@ -128,7 +101,7 @@ def test_children_exit_when_locust_is_killed(tmp_path: Path) -> None:
     parent pid) and the gateway (--exit-with-parent) must go by themselves."""
     tag = f"lgkill{uuid.uuid4().hex[:12]}"
     argv = [
-        *_locust(),
+        *locust_argv(),
         "-f",
         "scenarios/connect.py",
         "--headless",
@@ -138,32 +111,34 @@ def test_children_exit_when_locust_is_killed(tmp_path: Path) -> None:
         "5",
         "-t",
         "60s",
+        "--vpn-metrics-port",
+        "0",
         "--only-summary",
     ]
     locust = subprocess.Popen(
         argv,
         cwd=ROOT,
-        env=_env(tag),
+        env=locust_env(tag),
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "locust.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + 60
-        while len(_tagged(tag)) < 2 and time.monotonic() < deadline:
+        while len(tagged(tag)) < 2 and time.monotonic() < deadline:
             assert locust.poll() is None, (tmp_path / "locust.log").read_text()[-3000:]
             time.sleep(0.2)
-        found = _tagged(tag)
+        found = tagged(tag)
         assert any("loadgen.locust.sidecar" in line for line in found), found
         assert any("loadgen gateway" in line for line in found), found
         assert not any(SECRET in line for line in found)
         locust.send_signal(signal.SIGKILL)
         locust.wait(timeout=10)
-        assert _wait_none_left(tag, 5.0) == []
+        assert wait_none_left(tag, 5.0) == []
     finally:
         if locust.poll() is None:
             locust.kill()
             locust.wait(timeout=10)
-        _kill_tagged(tag)
+        kill_tagged(tag)
 
 
 # -- the sidecar on its own -----------------------------------------------------------------
@@ -194,7 +169,7 @@ def _sidecar(tag: str) -> subprocess.Popen[bytes]:
             tag,
         ],
         cwd=ROOT,
-        env=_env(tag),
+        env=locust_env(tag),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
