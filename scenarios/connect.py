@@ -9,8 +9,12 @@ its tunnel for the whole test with an ICMP echo burst every few seconds
 Options (Locust prints its --help before loading this file, so they are
 listed here): --vpn-user-pattern, --vpn-password (or LOADGEN_VPN_PASSWORD),
 --vpn-group, --vpn-cafile, --vpn-insecure, --vpn-no-dtls, --vpn-dtls-ciphers,
---vpn-dtls12-ciphers, --vpn-echo-count, --vpn-echo-interval,
---vpn-echo-timeout, --vpn-timeout.
+--vpn-dtls12-ciphers, --vpn-dtls-host, --vpn-dtls-port, --vpn-echo-count,
+--vpn-echo-interval, --vpn-echo-timeout, --vpn-timeout, --vpn-metrics-port
+(each engine sidecar serves Prometheus metrics on this base port plus its
+worker index; default 9646, 0: off), --vpn-metrics-host, --prometheus-sd FILE
+(a Prometheus file_sd list of the sidecars).  Distributed: the same file with
+--master (it starts the embedded gateway) and --worker on each worker.
 """
 
 from __future__ import annotations

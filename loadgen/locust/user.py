@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,21 @@ class VpnConnection:
             return False
         self.connected, self.channel = True, reply.channel
         return True
+
+    def reconnect(self) -> bool:
+        """Drop the tunnel and connect again (full authentication), as clients do
+        after a gateway failover; the whole is a ``connect`` row named ``reconnect``."""
+        started = time.monotonic()
+        ok = self.connect()
+        self._user.environment.events.request.fire(
+            request_type="connect",
+            name="reconnect",
+            response_time=(time.monotonic() - started) * 1000,
+            response_length=0,
+            exception=None if ok else VpnRequestError("connect", "failed", "reconnect failed"),
+            context={},
+        )
+        return ok
 
     def _sidecar_failed(self, exc: SidecarError) -> None:
         """No sidecar to ask: quiet while Locust quits, a ``connect`` failure otherwise."""
