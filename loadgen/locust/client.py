@@ -111,6 +111,7 @@ class ConnectParams:
     dtls12_ciphers: tuple[str, ...] | None = None
     dtls_host: str | None = None
     dtls_port: int | None = None
+    dtls_reattempt_s: float | None = None
     timeout_s: float = 30.0
 
 
@@ -325,6 +326,7 @@ class SidecarClient:
                 dtls12_ciphers=params.dtls12_ciphers,
                 dtls_host=params.dtls_host,
                 dtls_port=params.dtls_port,
+                dtls_reattempt_s=params.dtls_reattempt_s,
                 timeout_s=params.timeout_s,
             )
 

@@ -94,6 +94,8 @@ class Connect:
     #: where DTLS goes instead of the gateway's host and advertised port (a fault proxy)
     dtls_host: str | None = None
     dtls_port: int | None = None
+    #: seconds between DTLS re-attempts after a fallback (None: the engine's default)
+    dtls_reattempt_s: float | None = None
     timeout_s: float = 30.0
 
 

@@ -277,8 +277,17 @@ class Sidecar:
         if cmd.dtls:
             if cmd.dtls_port is not None and not 0 < cmd.dtls_port < 65536:
                 raise ValueError("dtls_port must be in 1..65535")
+            extra: dict[str, float] = {}
+            if cmd.dtls_reattempt_s is not None:
+                if not 0 < cmd.dtls_reattempt_s <= MAX_SECONDS:
+                    raise ValueError("dtls_reattempt_s must be in (0, 3600]")
+                extra["reattempt_s"] = cmd.dtls_reattempt_s
             dtls = offer(
-                cmd.dtls_ciphers, cmd.dtls12_ciphers, host=cmd.dtls_host, port=cmd.dtls_port
+                cmd.dtls_ciphers,
+                cmd.dtls12_ciphers,
+                host=cmd.dtls_host,
+                port=cmd.dtls_port,
+                **extra,
             )
         cfg = SessionConfig(
             url=parse_gateway_url(cmd.url),

@@ -88,6 +88,7 @@ class VpnSettings:
     timeout_s: float = 30.0
     dtls_host: str | None = None
     dtls_port: int | None = None
+    dtls_reattempt_s: float | None = None
     #: base port of the sidecars' metrics (plus the worker index); None: not served
     metrics_port: int | None = DEFAULT_METRICS_PORT
     metrics_host: str = "127.0.0.1"
@@ -119,6 +120,7 @@ class VpnSettings:
             timeout_s=float(opt("vpn_timeout", 30.0)),
             dtls_host=opt("vpn_dtls_host", None),
             dtls_port=_optional_int(opt("vpn_dtls_port", None)),
+            dtls_reattempt_s=_optional_float(opt("vpn_dtls_reattempt", None)),
             metrics_port=_optional_int(opt("vpn_metrics_port", DEFAULT_METRICS_PORT)) or None,
             metrics_host=str(opt("vpn_metrics_host", "127.0.0.1")),
         )
@@ -126,6 +128,8 @@ class VpnSettings:
             raise ValueError("--vpn-echo-count must be >= 1 and --vpn-echo-interval >= 0")
         if settings.dtls_port is not None and not 0 < settings.dtls_port < 65536:
             raise ValueError("--vpn-dtls-port must be in 1..65535")
+        if settings.dtls_reattempt_s is not None and not 0 < settings.dtls_reattempt_s <= 3600:
+            raise ValueError("--vpn-dtls-reattempt must be in (0, 3600]")
         if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
             raise ValueError("--vpn-metrics-port must be in 1..65535 (0: off)")
         if settings.echo_timeout_s <= 0 or settings.timeout_s <= 0:
@@ -139,6 +143,10 @@ class VpnSettings:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None or value == "" else int(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
 
 
 def _add_options(parser: Any, **_kwargs: Any) -> None:
@@ -163,6 +171,12 @@ def _add_options(parser: Any, **_kwargs: Any) -> None:
     add("--vpn-timeout", type=float, default=30.0, help="bound for each connect phase, seconds")
     add("--vpn-dtls-host", default="", help="send DTLS here instead of the gateway's host")
     add("--vpn-dtls-port", type=int, default=None, help="and to this port (a fault proxy)")
+    add(
+        "--vpn-dtls-reattempt",
+        type=float,
+        default=None,
+        help="seconds between DTLS re-attempts after a fallback (default 60)",
+    )
     add(
         "--vpn-metrics-port",
         type=int,
@@ -397,6 +411,7 @@ class VpnConnection:
             dtls12_ciphers=settings.dtls12_ciphers,
             dtls_host=settings.dtls_host,
             dtls_port=settings.dtls_port,
+            dtls_reattempt_s=settings.dtls_reattempt_s,
             timeout_s=settings.timeout_s,
         )
         try:
