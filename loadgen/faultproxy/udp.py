@@ -1,0 +1,362 @@
+"""The datagram proxy: one listening UDP socket, one upstream socket per client flow.
+
+A flow is one client (address, port).  Its first datagram opens a UDP socket
+connected to the upstream, so the upstream sees one source port per client, as the
+gateway expects of a DTLS client (protocol.md §7.1).  Datagrams from the client go
+through the ``upstream`` stream's toxics, answers through ``downstream``'s, each flow
+and direction with its own toxic instances (a ``DatagramChain``), so a toxic change
+reaches open flows at once.  A flow with no datagram either way for ``flow_idle_s``
+and nothing held in its toxics expires.  At most ``max_flows``
+flows are open; a new client beyond that is dropped and counted (``refused_flows``).
+
+Datagrams are opaque bytes of any size up to 65535.  Socket errors (an ICMP port
+unreachable shows as ConnectionRefusedError on a connected UDP socket) are logged and
+the proxy goes on; cancelling :meth:`UdpProxy.serve` closes every socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from loadgen.faultproxy.datagram import check_datagram_toxic
+from loadgen.faultproxy.datagram.chain import DatagramChain, DatagramDropped, DatagramHeld
+from loadgen.faultproxy.metrics import FaultProxyMetrics
+from loadgen.faultproxy.model import (
+    DOWNSTREAM,
+    STREAMS,
+    UDP_SCHEME,
+    UPSTREAM,
+    ApiError,
+    ToxicSpec,
+)
+
+__all__ = ["MAX_DATAGRAM_BYTES", "UdpProxy", "parse_udp_address"]
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM_BYTES = 65535
+_RECV_BYTES = MAX_DATAGRAM_BYTES + 1
+_INBOX_DATAGRAMS = 1024  # per flow and direction; beyond, the proxy itself is overrun
+_RECV_ERROR_BACKOFF_S = 0.05
+
+
+def parse_udp_address(address: str, *, listen: bool) -> tuple[str, int]:
+    """``udp://host:port`` (``[v6]:port`` too) as (host, port); ApiError(400) if malformed.
+
+    An empty host means every interface when listening (Go's ``net.Listen`` reading,
+    as Toxiproxy has it); port 0 picks a free port and is only valid for ``listen``.
+    """
+    if not address.startswith(UDP_SCHEME):
+        raise ApiError(400, f"proxy: {address!r} is not a udp:// address")
+    rest = address[len(UDP_SCHEME) :]
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ApiError(400, f"proxy: {address!r} needs host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not (0 if listen else 1) <= port <= 65535:
+        raise ApiError(400, f"proxy: bad port in {address!r}")
+    if not host:
+        if not listen:
+            raise ApiError(400, f"proxy: upstream {address!r} needs a host")
+        host = "0.0.0.0"
+    return host, port
+
+
+def _format(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"{UDP_SCHEME}[{host}]:{port}" if ":" in host else f"{UDP_SCHEME}{host}:{port}"
+
+
+@dataclass(eq=False, kw_only=True)
+class _Flow:
+    client: Any  # the client's socket address; never a metric label
+    sock: trio.socket.SocketType
+    chains: dict[str, DatagramChain]
+    senders: dict[str, trio.MemorySendChannel[bytes | None]]
+    receivers: dict[str, trio.MemoryReceiveChannel[bytes | None]]
+    last_activity_s: float
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def push(self, stream: str, item: bytes | None) -> bool:
+        try:
+            self.senders[stream].send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        return True
+
+
+class UdpProxy:
+    """A Toxiproxy-style proxy for datagrams (implements ``ProxyRuntime``)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        listen: str,
+        upstream: str,
+        metrics: FaultProxyMetrics,
+        rng: random.Random | None = None,
+        flow_idle_s: float = 60.0,
+        max_flows: int = 10_000,
+    ) -> None:
+        self.name = name
+        self.listen = listen
+        self.upstream = upstream
+        self._listen_hp = parse_udp_address(listen, listen=True)
+        self._upstream_hp = parse_udp_address(upstream, listen=False)
+        self._metrics = metrics
+        self._rng = rng if rng is not None else random.Random()
+        self.flow_idle_s = flow_idle_s
+        self.max_flows = max_flows
+        self._toxics: dict[str, ToxicSpec] = {}
+        self._flows: dict[Any, _Flow] = {}
+        self._sock: trio.socket.SocketType | None = None
+        self._upstream_addr: Any = None
+        self._family = trio.socket.AF_INET
+        self._nursery: trio.Nursery | None = None
+        #: the bound address (``udp://host:port``) while serving
+        self.address: str | None = None
+        #: datagrams of new clients dropped because ``max_flows`` were open
+        self.refused_flows = 0
+        #: datagrams dropped because a flow's inbox was full (the proxy overrun)
+        self.overrun_drops = 0
+
+    # -- toxics (ProxyRuntime) -------------------------------------------------------
+
+    def check_toxic(self, toxic: ToxicSpec) -> ToxicSpec:
+        return check_datagram_toxic(toxic)
+
+    def add_toxic(self, toxic: ToxicSpec) -> None:
+        if toxic.name in self._toxics:
+            raise ApiError(409, f"toxic {toxic.name} already exists")
+        toxic = check_datagram_toxic(toxic)
+        self._toxics[toxic.name] = toxic
+        for flow in self._flows.values():
+            flow.chains[toxic.stream].add(toxic)
+            flow.push(toxic.stream, None)  # wake: timers may have changed
+
+    def update_toxic(self, toxic: ToxicSpec) -> None:
+        old = self._toxic(toxic.name)
+        if (old.type, old.stream) != (toxic.type, toxic.stream):
+            raise ApiError(400, f"toxic {toxic.name}: type and stream cannot change")
+        toxic = check_datagram_toxic(toxic)
+        self._toxics[toxic.name] = toxic
+        for flow in self._flows.values():
+            flow.chains[toxic.stream].update(toxic)
+            flow.push(toxic.stream, None)
+
+    def remove_toxic(self, name: str) -> None:
+        toxic = self._toxic(name)
+        del self._toxics[name]
+        if not self._flows:
+            return
+        now = trio.current_time()
+        for flow in self._flows.values():
+            flow.chains[toxic.stream].remove(name, now)  # held datagrams go on
+            flow.push(toxic.stream, None)
+
+    @property
+    def toxics(self) -> list[ToxicSpec]:
+        return list(self._toxics.values())
+
+    @property
+    def flow_count(self) -> int:
+        return len(self._flows)
+
+    def _toxic(self, name: str) -> ToxicSpec:
+        try:
+            return self._toxics[name]
+        except KeyError:
+            raise ApiError(404, f"toxic not found: {name}") from None
+
+    # -- serving ---------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report ``udp://host:port``, relay until cancelled; then close every socket."""
+        host, port = self._listen_hp
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+            up_host, up_port = self._upstream_hp
+            up_infos = await trio.socket.getaddrinfo(up_host, up_port, type=trio.socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ApiError(500, f"proxy {self.name}: cannot resolve: {exc}") from exc
+        family, _, _, _, sockaddr = infos[0]
+        up = next((i for i in up_infos if i[0] == family), up_infos[0])
+        self._family, self._upstream_addr = up[0], up[4]
+        sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+        with sock:
+            try:
+                await sock.bind(sockaddr)
+            except OSError as exc:
+                raise ApiError(500, f"proxy {self.name}: listen {self.listen}: {exc}") from exc
+            self._sock = sock
+            self.address = _format(sock.getsockname())
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started(self.address)
+                    await self._receive_from_clients(sock)
+            finally:
+                self._nursery = None
+                self._sock = None
+                self.address = None
+
+    async def _receive_from_clients(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            try:
+                data, client = await sock.recvfrom(_RECV_BYTES)
+            except OSError as exc:
+                # hostile or unlucky traffic must not end the proxy; back off on a
+                # persistent error so the loop cannot spin
+                log.warning("faultproxy %s: receive failed: %s", self.name, exc)
+                if not isinstance(exc, ConnectionError):
+                    await trio.sleep(_RECV_ERROR_BACKOFF_S)
+                continue
+            flow = self._flows.get(client) or self._open_flow(client)
+            if flow is None:
+                continue
+            flow.last_activity_s = trio.current_time()
+            if not flow.push(UPSTREAM, data):
+                self.overrun_drops += 1
+
+    def _open_flow(self, client: Any) -> _Flow | None:
+        if len(self._flows) >= self.max_flows:
+            self.refused_flows += 1
+            if self.refused_flows == 1 or self.refused_flows % 1000 == 0:
+                log.warning(
+                    "faultproxy %s: %d flows open, new clients dropped (%d so far)",
+                    self.name,
+                    len(self._flows),
+                    self.refused_flows,
+                )
+            return None
+        try:
+            up_sock = trio.socket.socket(self._family, trio.socket.SOCK_DGRAM)
+        except OSError as exc:  # out of file descriptors: drop, do not crash
+            log.warning("faultproxy %s: no socket for a new flow: %s", self.name, exc)
+            return None
+        senders: dict[str, trio.MemorySendChannel[bytes | None]] = {}
+        receivers: dict[str, trio.MemoryReceiveChannel[bytes | None]] = {}
+        for s in STREAMS:
+            senders[s], receivers[s] = trio.open_memory_channel[bytes | None](_INBOX_DATAGRAMS)
+        chains = {
+            s: DatagramChain((t for t in self._toxics.values() if t.stream == s), rng=self._rng)
+            for s in STREAMS
+        }
+        flow = _Flow(
+            client=client,
+            sock=up_sock,
+            chains=chains,
+            senders=senders,
+            receivers=receivers,
+            last_activity_s=trio.current_time(),
+        )
+        self._flows[client] = flow
+        self._metrics.connection_opened(self.name)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_flow, flow)
+        return flow
+
+    async def _run_flow(self, flow: _Flow) -> None:
+        try:
+            with flow.scope:
+                try:
+                    await flow.sock.connect(self._upstream_addr)
+                except OSError as exc:
+                    log.warning("faultproxy %s: cannot reach upstream: %s", self.name, exc)
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drive, flow, UPSTREAM)
+                    nursery.start_soon(self._drive, flow, DOWNSTREAM)
+                    nursery.start_soon(self._receive_from_upstream, flow)
+                    nursery.start_soon(self._expire, flow)
+        finally:
+            flow.sock.close()
+            for sender in flow.senders.values():
+                sender.close()
+            for receiver in flow.receivers.values():
+                receiver.close()
+            if self._flows.get(flow.client) is flow:
+                del self._flows[flow.client]
+            self._metrics.connection_closed(self.name)
+
+    async def _receive_from_upstream(self, flow: _Flow) -> None:
+        while True:
+            try:
+                data = await flow.sock.recv(_RECV_BYTES)
+            except OSError as exc:
+                # ICMP port unreachable from an earlier send: the upstream is not there
+                # (yet); the flow stays, as a real path would
+                log.debug("faultproxy %s: upstream receive: %s", self.name, exc)
+                if not isinstance(exc, ConnectionError):
+                    await trio.sleep(_RECV_ERROR_BACKOFF_S)
+                continue
+            flow.last_activity_s = trio.current_time()
+            if not flow.push(DOWNSTREAM, data):
+                self.overrun_drops += 1
+
+    async def _drive(self, flow: _Flow, stream: str) -> None:
+        """Run one direction's toxic chain: take datagrams, wait for timers, send."""
+        chain = flow.chains[stream]
+        inbox = flow.receivers[stream]
+        while True:
+            timer = chain.get_timer()
+            item: bytes | None = None
+            with trio.move_on_at(math.inf if timer is None else timer):
+                item = await inbox.receive()  # None is a wake-up after a toxic change
+            now = trio.current_time()
+            if item is not None:
+                chain.receive(item, now)
+            out = chain.datagrams_to_send(now)
+            if out:
+                # leaving the toxics is activity too, or the flow could expire between
+                # a release and the answer it draws
+                flow.last_activity_s = now
+            for event in chain.events():
+                if isinstance(event, DatagramDropped):
+                    self._metrics.dropped(
+                        self.name, stream, event.toxic_type, event.size_bytes, datagram=True
+                    )
+                elif isinstance(event, DatagramHeld):
+                    self._metrics.held(self.name, stream, event.toxic_type, event.delay_s)
+            for datagram in out:
+                await self._send(flow, stream, datagram)
+
+    async def _send(self, flow: _Flow, stream: str, datagram: bytes) -> None:
+        try:
+            if stream == UPSTREAM:
+                await flow.sock.send(datagram)
+            else:
+                assert self._sock is not None
+                await self._sock.sendto(datagram, flow.client)
+        except OSError as exc:
+            # refused (ICMP), too big for the path (EMSGSIZE), no buffers: the datagram
+            # is lost as it would be on a real network
+            level = logging.DEBUG if exc.errno in _QUIET_ERRNOS else logging.WARNING
+            log.log(level, "faultproxy %s: %s send failed: %s", self.name, stream, exc)
+            return
+        self._metrics.relayed(self.name, stream, len(datagram), datagram=True)
+
+    async def _expire(self, flow: _Flow) -> None:
+        while True:
+            due = flow.last_activity_s + self.flow_idle_s
+            now = trio.current_time()
+            if now >= due:
+                if any(c.held_count for c in flow.chains.values()):
+                    due = now + self.flow_idle_s  # something is still on its way
+                else:
+                    flow.scope.cancel()
+                    return
+            await trio.sleep_until(due)
+
+
+_QUIET_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EMSGSIZE, errno.ENOBUFS, errno.EAGAIN})
