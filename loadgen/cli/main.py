@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from loadgen import __version__
-from loadgen.cli import connect, gateway, run
+from loadgen.cli import connect, faultproxy, gateway, run
 
 __all__ = ["main"]
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     connect.add_parser(sub)
+    faultproxy.add_parser(sub)
     gateway.add_parser(sub)
     run.add_parser(sub)
     return parser

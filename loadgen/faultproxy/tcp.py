@@ -1,0 +1,348 @@
+"""The TCP proxy: a trio listener, and per connection two directions through toxics.
+
+Each accepted client gets its own upstream connection.  Each direction (``upstream``:
+client to server, ``downstream``: server to client) is a :class:`_Link`: a reader task
+stamps what it reads and queues it, a pump task feeds the direction's
+:class:`~loadgen.faultproxy.toxics.chain.ToxicChain`, runs its timers and writes what
+leaves it.  Toxic changes made through the API reach every open connection at once
+(Toxiproxy's ToxicStub chains); data held by a removed toxic goes on, not lost.
+
+The source's EOF is passed on as a half-close (``send_eof``), so a client that shuts
+down its sending side still gets the answer; the connection ends when both
+directions have ended, when a toxic closes it (``timeout``, ``limit_data``; with RST
+for ``reset_peer``), or when a write fails.  Cancelling :meth:`TcpProxy.serve` closes
+the listener and every connection (a disabled proxy drops its connections).
+
+Memory stays bounded: a direction stops reading while more than
+``MAX_HELD_BYTES`` wait in its toxics (``latency`` holds a window of data), which
+pushes back on the sender through TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from loadgen.faultproxy.metrics import FaultProxyMetrics
+from loadgen.faultproxy.model import DOWNSTREAM, UPSTREAM, ApiError, ToxicSpec, is_udp
+from loadgen.faultproxy.toxics import check_tcp_toxic
+from loadgen.faultproxy.toxics.base import Chunk, Close, EndOfStream, Item
+from loadgen.faultproxy.toxics.chain import ToxicChain
+
+__all__ = ["MAX_HELD_BYTES", "TcpProxy", "format_address", "parse_tcp_address"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 65536
+#: per direction: above this, the link stops reading until its toxics let data go
+MAX_HELD_BYTES = 4 * 1024 * 1024
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def parse_tcp_address(address: str, *, listen: bool) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; an empty host listens everywhere) as (host, port)."""
+    if is_udp(address):
+        raise ApiError(400, f"proxy: {address!r} is a udp:// address")
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ApiError(400, f"proxy: {address!r} needs host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not (0 if listen else 1) <= port <= 65535:
+        raise ApiError(400, f"proxy: bad port in {address!r}")
+    if not host:
+        if not listen:
+            raise ApiError(400, f"proxy: upstream {address!r} needs a host")
+        host = "0.0.0.0"
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """Go's ``net.JoinHostPort``: ``[v6]:port`` or ``host:port``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class _LinkStats:
+    """One toxic type's drops and delays, on one proxy and direction."""
+
+    metrics: FaultProxyMetrics
+    proxy: str
+    direction: str
+    toxic_type: str
+
+    def dropped(self, size_bytes: int) -> None:
+        self.metrics.dropped(
+            self.proxy, self.direction, self.toxic_type, size_bytes, datagram=False
+        )
+
+    def held(self, delay_s: float) -> None:
+        self.metrics.held(self.proxy, self.direction, self.toxic_type, delay_s)
+
+
+class _ConnectionClosedError(Exception):
+    """A toxic closed the connection (or a write failed): end both directions."""
+
+    def __init__(self, *, reset: bool) -> None:
+        super().__init__("connection closed by a toxic")
+        self.reset = reset
+
+
+class _Link:
+    """One direction of one connection."""
+
+    def __init__(
+        self,
+        *,
+        proxy: TcpProxy,
+        direction: str,
+        source: trio.abc.ReceiveStream,
+        dest: trio.abc.HalfCloseableStream,
+    ) -> None:
+        self.proxy = proxy
+        self.direction = direction
+        self.source = source
+        self.dest = dest
+        self.chain = ToxicChain(
+            rng=proxy.rng,
+            stats_for=lambda t: _LinkStats(proxy.metrics, proxy.name, direction, t),
+        )
+        self._inbox: deque[Item] = deque()
+        self._inbox_bytes = 0
+        self._kick = trio.Event()
+        self._space = trio.Event()
+
+    def kick(self) -> None:
+        """Wake the pump: data came in, or the toxics changed."""
+        self._kick.set()
+
+    async def read(self) -> None:
+        try:
+            while True:
+                while self._inbox_bytes + self.chain.held_bytes > MAX_HELD_BYTES:
+                    self._space = trio.Event()
+                    await self._space.wait()
+                data = await self.source.receive_some(RECEIVE_BYTES)
+                if not data:
+                    break
+                self._inbox.append(Chunk(data=bytes(data), timestamp=trio.current_time()))
+                self._inbox_bytes += len(data)
+                self.kick()
+        except _STREAM_ERRORS:
+            pass  # a reset or error reads as the end of this direction
+        self._inbox.append(EndOfStream())
+        self.kick()
+
+    async def pump(self) -> None:
+        """Feed the toxics, run their timers, write what they release, until EOF."""
+        while True:
+            self._kick = trio.Event()
+            now = trio.current_time()
+            while self._inbox:
+                item = self._inbox.popleft()
+                if isinstance(item, Chunk):
+                    self._inbox_bytes -= len(item.data)
+                self.chain.feed(item, now)
+            self.chain.advance(now)
+            for item in self.chain.take_output():
+                if await self._write(item):
+                    return
+            self._space.set()
+            deadline = self.chain.get_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._kick.wait()
+
+    async def _write(self, item: Item) -> bool:
+        """Write one item; True when this direction is over."""
+        if isinstance(item, Close):
+            raise _ConnectionClosedError(reset=item.reset)
+        try:
+            if isinstance(item, Chunk):
+                await self.dest.send_all(item.data)
+                self.proxy.metrics.relayed(
+                    self.proxy.name, self.direction, len(item.data), datagram=False
+                )
+                return False
+            await self.dest.send_eof()
+        except _STREAM_ERRORS:
+            raise _ConnectionClosedError(reset=False) from None
+        return True
+
+
+class _Connection:
+    def __init__(
+        self,
+        proxy: TcpProxy,
+        client: trio.abc.HalfCloseableStream,
+        upstream: trio.abc.HalfCloseableStream,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.links = {
+            UPSTREAM: _Link(proxy=proxy, direction=UPSTREAM, source=client, dest=upstream),
+            DOWNSTREAM: _Link(proxy=proxy, direction=DOWNSTREAM, source=upstream, dest=client),
+        }
+        now = trio.current_time()
+        for toxic in proxy.toxics():
+            self.links[toxic.stream].chain.add(toxic, now)
+
+    async def run(self) -> None:
+        reset = False
+        try:
+            async with trio.open_nursery() as nursery:
+                for link in self.links.values():
+                    nursery.start_soon(link.read)
+                    nursery.start_soon(link.pump)
+        except* _ConnectionClosedError as group:
+            reset = any(isinstance(e, _ConnectionClosedError) and e.reset for e in group.exceptions)
+        if reset:
+            for stream in (self.client, self.upstream):
+                _set_linger_zero(stream)
+
+
+def _set_linger_zero(stream: trio.abc.Stream) -> None:
+    """Close with RST rather than FIN (Toxiproxy's ``SetLinger(0)``)."""
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class TcpProxy:
+    """A Toxiproxy proxy for TCP (implements ``ProxyRuntime``)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        listen: str,
+        upstream: str,
+        metrics: FaultProxyMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.listen = listen
+        self.upstream = upstream
+        self._listen_hp = parse_tcp_address(listen, listen=True)
+        self._upstream_hp = parse_tcp_address(upstream, listen=False)
+        self.metrics = metrics
+        self.rng = rng if rng is not None else random.Random()
+        self._toxics: dict[str, ToxicSpec] = {}
+        self._connections: set[_Connection] = set()
+        #: the bound address (``host:port``) while serving
+        self.address: str | None = None
+
+    # -- toxics (ProxyRuntime) ------------------------------------------------------
+
+    def toxics(self) -> list[ToxicSpec]:
+        return list(self._toxics.values())
+
+    def check_toxic(self, toxic: ToxicSpec) -> ToxicSpec:
+        return check_tcp_toxic(toxic)
+
+    def add_toxic(self, toxic: ToxicSpec) -> None:
+        if toxic.name in self._toxics:
+            raise ApiError(409, "toxic already exists")
+        toxic = check_tcp_toxic(toxic)
+        self._toxics[toxic.name] = toxic
+        now = trio.current_time()
+        for conn in self._connections:
+            link = conn.links[toxic.stream]
+            link.chain.add(toxic, now)
+            link.kick()
+
+    def update_toxic(self, toxic: ToxicSpec) -> None:
+        old = self._toxics.get(toxic.name)
+        if old is None:
+            raise ApiError(404, "toxic not found")
+        if (old.type, old.stream) != (toxic.type, toxic.stream):
+            raise ApiError(400, f"toxic {toxic.name}: type and stream cannot change")
+        toxic = check_tcp_toxic(toxic)
+        self._toxics[toxic.name] = toxic
+        now = trio.current_time()
+        for conn in self._connections:
+            link = conn.links[toxic.stream]
+            link.chain.update(toxic, now)
+            link.kick()
+
+    def remove_toxic(self, name: str) -> None:
+        toxic = self._toxics.pop(name, None)
+        if toxic is None:
+            raise ApiError(404, "toxic not found")
+        now = trio.current_time()
+        for conn in self._connections:
+            link = conn.links[toxic.stream]
+            link.chain.remove(name, now)
+            link.kick()
+
+    # -- serving --------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report ``host:port``, relay until cancelled (then drop everything)."""
+        listener = await _bind(*self._listen_hp)
+        try:
+            host, port = listener.socket.getsockname()[:2]
+            self.address = format_address(host, port)
+            log.info("proxy %s listening", self.name)
+            task_status.started(self.address)
+            await trio.serve_listeners(self._accepted, [listener])
+        finally:
+            self.address = None
+            await trio.aclose_forcefully(listener)
+
+    async def _accepted(self, client: trio.SocketStream) -> None:
+        self.metrics.connection_opened(self.name)
+        try:
+            try:
+                upstream = await trio.open_tcp_stream(*self._upstream_hp)
+            except OSError as exc:
+                log.info("proxy %s: cannot reach the upstream: %s", self.name, exc)
+                return
+            try:
+                await self.relay(client, upstream)
+            finally:
+                await trio.aclose_forcefully(upstream)
+        except Exception:  # one connection never takes the proxy down
+            log.exception("proxy %s: unexpected error on a connection", self.name)
+        finally:
+            self.metrics.connection_closed(self.name)
+            await trio.aclose_forcefully(client)
+
+    async def relay(
+        self, client: trio.abc.HalfCloseableStream, upstream: trio.abc.HalfCloseableStream
+    ) -> None:
+        """Relay one connection through the toxics until it ends (streams left open).
+
+        The proxy's own entry point for each accepted client; tests drive it with
+        in-memory streams.
+        """
+        conn = _Connection(self, client, upstream)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+
+async def _bind(host: str, port: int) -> trio.SocketListener:
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
