@@ -11,6 +11,7 @@
 | loadgen_faultproxy_delayed_total | counter | proxy, direction, toxic (chunks or datagrams held) |
 | loadgen_faultproxy_delay_seconds_total | counter | proxy, direction, toxic (delay added) |
 | loadgen_faultproxy_toxics_active | gauge | proxy, toxic |
+| loadgen_faultproxy_overload_dropped_total | counter | proxy, direction, cause (own limits) |
 
 ``direction`` is ``upstream`` (client to server) or ``downstream``; ``toxic`` is the
 toxic's type, never its free-form name; addresses are never labels.  A proxy's
@@ -26,7 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from loadgen.faultproxy.model import STREAMS
 
-__all__ = ["FaultProxyMetrics"]
+__all__ = ["OVERLOAD_CAUSES", "FaultProxyMetrics"]
+
+OVERLOAD_CAUSES = ("max_flows", "queue_full")
 
 _PROXY_LABELLED = ("connections_total", "connections_active")
 _DIRECTION_LABELLED = ("bytes", "datagrams")
@@ -90,6 +93,12 @@ class FaultProxyMetrics:
             ["proxy", "toxic"],
             registry=r,
         )
+        self.overload_dropped = Counter(
+            "loadgen_faultproxy_overload_dropped",
+            "Datagrams the proxy dropped at its own limits (not a toxic's doing)",
+            ["proxy", "direction", "cause"],
+            registry=r,
+        )
         # toxic types seen per proxy, to remove their series with the proxy
         self._types: dict[str, set[str]] = {}
 
@@ -101,6 +110,8 @@ class FaultProxyMetrics:
         for d in STREAMS:
             self.bytes.labels(proxy, d)
             self.datagrams.labels(proxy, d)
+            for cause in OVERLOAD_CAUSES:
+                self.overload_dropped.labels(proxy, d, cause)
 
     def proxy_removed(self, proxy: str) -> None:
         for metric in (self.connections_total, self.connections_active):
@@ -108,6 +119,8 @@ class FaultProxyMetrics:
         for d in STREAMS:
             for metric in (self.bytes, self.datagrams):
                 _remove(metric, proxy, d)
+            for cause in OVERLOAD_CAUSES:
+                _remove(self.overload_dropped, proxy, d, cause)
             for t in self._types.get(proxy, ()):
                 for metric in (
                     self.dropped_datagrams,
@@ -145,6 +158,10 @@ class FaultProxyMetrics:
         self.dropped_bytes.labels(proxy, direction, toxic_type).inc(size_bytes)
         if datagram:
             self.dropped_datagrams.labels(proxy, direction, toxic_type).inc()
+
+    def overload(self, proxy: str, direction: str, cause: str) -> None:
+        """A datagram dropped because of ``max_flows`` or a full per-flow queue."""
+        self.overload_dropped.labels(proxy, direction, cause).inc()
 
     def held(self, proxy: str, direction: str, toxic_type: str, delay_s: float) -> None:
         self._seen(proxy, toxic_type)

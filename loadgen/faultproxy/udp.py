@@ -227,10 +227,12 @@ class UdpProxy:
             flow.last_activity_s = trio.current_time()
             if not flow.push(UPSTREAM, data):
                 self.overrun_drops += 1
+                self._metrics.overload(self.name, UPSTREAM, "queue_full")
 
     def _open_flow(self, client: Any) -> _Flow | None:
         if len(self._flows) >= self.max_flows:
             self.refused_flows += 1
+            self._metrics.overload(self.name, UPSTREAM, "max_flows")
             if self.refused_flows == 1 or self.refused_flows % 1000 == 0:
                 log.warning(
                     "faultproxy %s: %d flows open, new clients dropped (%d so far)",
@@ -303,6 +305,7 @@ class UdpProxy:
             flow.last_activity_s = trio.current_time()
             if not flow.push(DOWNSTREAM, data):
                 self.overrun_drops += 1
+                self._metrics.overload(self.name, DOWNSTREAM, "queue_full")
 
     async def _drive(self, flow: _Flow, stream: str) -> None:
         """Run one direction's toxic chain: take datagrams, wait for timers, send."""

@@ -283,6 +283,14 @@ async def test_flows_are_bounded(autojump_clock: trio.testing.MockClock) -> None
         assert await recv(b, 2.0) is None
         assert r.proxy.refused_flows == 1
         assert r.proxy.flow_count == 1
+        # no silent loss: the proxy's own limit is counted apart from the toxics
+        assert (
+            r.metrics.registry.get_sample_value(
+                "loadgen_faultproxy_overload_dropped_total",
+                {"proxy": "dtls", "direction": "upstream", "cause": "max_flows"},
+            )
+            == 1
+        )
 
 
 async def test_unreachable_upstream_does_not_crash_the_proxy(
