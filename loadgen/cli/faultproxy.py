@@ -6,9 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import random
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from loadgen.faultproxy.api import FaultProxyApi
 from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ProxySpec
 from loadgen.faultproxy.registry import ProxyRegistry
+from loadgen.lifecycle import watch_parent, watch_signals
 
 __all__ = ["BANNER_PREFIX", "add_parser", "load_config"]
 
@@ -161,23 +160,9 @@ async def _serve(
         print(f"{BANNER_PREFIX}http://{shown}:{bound}", flush=True)
         stop = trio.Event()
         if parent_pid is not None:
-            nursery.start_soon(_watch_parent, parent_pid, stop)
-        nursery.start_soon(_watch_signals, stop)
+            nursery.start_soon(watch_parent, parent_pid, stop)
+        nursery.start_soon(watch_signals, stop)
         await stop.wait()
         print("stopping the faultproxy", file=sys.stderr, flush=True)
         nursery.cancel_scope.cancel()
     return True
-
-
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            stop.set()
-            return
-
-
-async def _watch_parent(parent_pid: int, stop: trio.Event) -> None:
-    """An embedded fault proxy ends when the process that started it is gone."""
-    while os.getppid() == parent_pid:
-        await trio.sleep(1.0)
-    stop.set()

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import signal
 import ssl
 import sys
 from ipaddress import IPv4Address, IPv4Network
@@ -21,6 +20,7 @@ from loadgen.engine.limits import raise_nofile_limit
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
+from loadgen.lifecycle import watch_parent, watch_signals
 from loadgen.metrics.gateway import GatewayMetrics
 from loadgen.proto.auth_server import AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.auth_xml import ProfileManifestEntry
@@ -344,8 +344,8 @@ async def _serve(
             print(f"metrics: http://{shown}:{metrics_port}/metrics", flush=True)
         stop = trio.Event()
         if parent_pid is not None:
-            nursery.start_soon(_watch_parent, parent_pid, stop)
-        nursery.start_soon(_watch_signals, stop)
+            nursery.start_soon(watch_parent, parent_pid, stop)
+        nursery.start_soon(watch_signals, stop)
         await stop.wait()
         print("stopping the gateway", file=sys.stderr, flush=True)
         # TERMINATE first, so clients see an orderly end, not a reset
@@ -353,17 +353,3 @@ async def _serve(
             await gateway.terminate_tunnels()
         nursery.cancel_scope.cancel()
     return True
-
-
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            stop.set()
-            return
-
-
-async def _watch_parent(parent_pid: int, stop: trio.Event) -> None:
-    """An embedded gateway ends when the process that started it is gone."""
-    while os.getppid() == parent_pid:
-        await trio.sleep(1.0)
-    stop.set()

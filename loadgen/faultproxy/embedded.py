@@ -30,6 +30,8 @@ from typing import IO
 
 import trio
 
+from loadgen.lifecycle import terminate
+
 __all__ = [
     "BANNER_URL",
     "EmbeddedFaultProxyError",
@@ -89,7 +91,7 @@ async def embedded_faultproxy(
             yield url
         finally:
             with trio.CancelScope(shield=True):
-                await _stop(proc)
+                await terminate(proc)
 
 
 async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> str:
@@ -105,16 +107,6 @@ async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> 
                 return m.group(1)
     tail = log_path.read_text(errors="replace")[-1500:]
     raise EmbeddedFaultProxyError(f"the fault proxy did not start: {tail}")
-
-
-async def _stop(proc: trio.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(5.0):
-            await proc.wait()
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
 
 
 def start_faultproxy_process(

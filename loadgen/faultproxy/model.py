@@ -32,6 +32,7 @@ __all__ = [
     "ProxySpec",
     "ToxicSpec",
     "is_udp",
+    "parse_host_port",
 ]
 
 UPSTREAM = "upstream"  # client -> server
@@ -57,6 +58,31 @@ class ApiError(Exception):
 
 def is_udp(address: str) -> bool:
     return address.startswith(UDP_SCHEME)
+
+
+def parse_host_port(address: str, *, listen: bool) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as (host, port); ApiError(400) if malformed.
+
+    An empty host means every interface when listening (Go's ``net.Listen`` reading,
+    as Toxiproxy has it); port 0 picks a free port and is only valid for ``listen``.
+    ``address`` is quoted in errors as the caller gave it (with any ``udp://``).
+    """
+    shown = address
+    if is_udp(address):
+        address = address[len(UDP_SCHEME) :]
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ApiError(400, f"proxy: {shown!r} needs host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not (0 if listen else 1) <= port <= 65535:
+        raise ApiError(400, f"proxy: bad port in {shown!r}")
+    if not host:
+        if not listen:
+            raise ApiError(400, f"proxy: upstream {shown!r} needs a host")
+        host = "0.0.0.0"
+    return host, port
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 import trio
 
 from loadgen.faultproxy.metrics import FaultProxyMetrics
-from loadgen.faultproxy.model import DOWNSTREAM, UPSTREAM, ApiError, ToxicSpec, is_udp
+from loadgen.faultproxy.model import (
+    DOWNSTREAM,
+    UPSTREAM,
+    ApiError,
+    ToxicSpec,
+    is_udp,
+    parse_host_port,
+)
 from loadgen.faultproxy.toxics import check_tcp_toxic
 from loadgen.faultproxy.toxics.base import Chunk, Close, EndOfStream, Item
 from loadgen.faultproxy.toxics.chain import ToxicChain
@@ -51,19 +58,7 @@ def parse_tcp_address(address: str, *, listen: bool) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``; an empty host listens everywhere) as (host, port)."""
     if is_udp(address):
         raise ApiError(400, f"proxy: {address!r} is a udp:// address")
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ApiError(400, f"proxy: {address!r} needs host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if listen else 1) <= port <= 65535:
-        raise ApiError(400, f"proxy: bad port in {address!r}")
-    if not host:
-        if not listen:
-            raise ApiError(400, f"proxy: upstream {address!r} needs a host")
-        host = "0.0.0.0"
-    return host, port
+    return parse_host_port(address, listen=listen)
 
 
 def format_address(host: str, port: int) -> str:

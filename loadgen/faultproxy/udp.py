@@ -35,6 +35,7 @@ from loadgen.faultproxy.model import (
     UPSTREAM,
     ApiError,
     ToxicSpec,
+    parse_host_port,
 )
 
 __all__ = ["MAX_DATAGRAM_BYTES", "UdpProxy", "parse_udp_address"]
@@ -55,20 +56,7 @@ def parse_udp_address(address: str, *, listen: bool) -> tuple[str, int]:
     """
     if not address.startswith(UDP_SCHEME):
         raise ApiError(400, f"proxy: {address!r} is not a udp:// address")
-    rest = address[len(UDP_SCHEME) :]
-    host, sep, port_text = rest.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ApiError(400, f"proxy: {address!r} needs host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if listen else 1) <= port <= 65535:
-        raise ApiError(400, f"proxy: bad port in {address!r}")
-    if not host:
-        if not listen:
-            raise ApiError(400, f"proxy: upstream {address!r} needs a host")
-        host = "0.0.0.0"
-    return host, port
+    return parse_host_port(address, listen=listen)
 
 
 def _format(sockname: Any) -> str:

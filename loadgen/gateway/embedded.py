@@ -12,7 +12,6 @@ processes from a worker thread, and the signal fires when that thread ends).
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from loadgen.lifecycle import terminate
 
 __all__ = ["BANNER_CA", "BANNER_URL", "EmbeddedGateway", "embedded_gateway"]
 
@@ -76,7 +77,7 @@ async def embedded_gateway(
             yield EmbeddedGateway(url=url, ca_path=ca, metrics_port=metrics_port)
         finally:
             with trio.CancelScope(shield=True):
-                await _stop(proc)
+                await terminate(proc)
 
 
 async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> tuple[str, Path]:
@@ -98,13 +99,3 @@ async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> 
         tail = log_path.read_text(errors="replace")[-1500:]
         raise EmbeddedGatewayError(f"the embedded gateway did not start: {tail}")
     return url, ca
-
-
-async def _stop(proc: trio.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(5.0):
-            await proc.wait()
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()

@@ -451,8 +451,19 @@ async def test_users_file_identities_serve_again_after_their_session_ends(
 def test_udp_echo_and_think_time(tmp_path: Path) -> None:
     summary_path = tmp_path / "s.json"
     proc = loadgen_run(
-        "--sessions", "5", "--rate", "10", "--duration", "3", "--echo-interval", "0.3",
-        "--echo-udp", "--think-time", "uniform:0-0.2", "--summary", str(summary_path),
+        "--sessions",
+        "5",
+        "--rate",
+        "10",
+        "--duration",
+        "3",
+        "--echo-interval",
+        "0.3",
+        "--echo-udp",
+        "--think-time",
+        "uniform:0-0.2",
+        "--summary",
+        str(summary_path),
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(summary_path.read_text())
@@ -467,8 +478,18 @@ def test_a_refusing_gateway_does_not_become_a_retry_storm(tmp_path: Path) -> Non
     port = free_port()
     summary_path = tmp_path / "s.json"
     proc = loadgen_run(
-        f"https://127.0.0.1:{port}/", "--insecure", "--password", "x",
-        "--sessions", "50", "--rate", "20", "--duration", "3", "--summary", str(summary_path),
+        f"https://127.0.0.1:{port}/",
+        "--insecure",
+        "--password",
+        "x",
+        "--sessions",
+        "50",
+        "--rate",
+        "20",
+        "--duration",
+        "3",
+        "--summary",
+        str(summary_path),
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(summary_path.read_text())

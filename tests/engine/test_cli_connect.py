@@ -32,7 +32,14 @@ def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_help_explains_the_options() -> None:
     proc = _cli("connect", "--help")
     assert proc.returncode == 0
-    for option in ("--password-stdin", "--servercert", "--insecure", "--download", "--echo", "--json"):
+    for option in (
+        "--password-stdin",
+        "--servercert",
+        "--insecure",
+        "--download",
+        "--echo",
+        "--json",
+    ):
         assert option in proc.stdout
 
 
@@ -44,7 +51,15 @@ def test_help_explains_the_options() -> None:
         ["connect", "https://gw/", "--password", "x", "--servercert", "md5:00"],
         ["connect", "https://gw/", "--password", "x", "--password-stdin"],
         ["connect", "https://gw/", "--password", "x", "--echo", "-1"],
-        ["connect", "https://gw/", "--password", "x", "--servercert", "sha1:" + "00" * 20, "--insecure"],
+        [
+            "connect",
+            "https://gw/",
+            "--password",
+            "x",
+            "--servercert",
+            "sha1:" + "00" * 20,
+            "--insecure",
+        ],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
@@ -58,7 +73,15 @@ def test_refused_gateway_exits_1_with_one_json_object() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = _cli("connect", f"https://127.0.0.1:{port}/", "--user", "u", "--password-stdin", "--json", stdin="pw\n")
+    proc = _cli(
+        "connect",
+        f"https://127.0.0.1:{port}/",
+        "--user",
+        "u",
+        "--password-stdin",
+        "--json",
+        stdin="pw\n",
+    )
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert set(report) >= {"ok", "phases", "channel", "tunnel", "echo", "error"}
@@ -93,7 +116,14 @@ async def test_report_never_contains_secrets(pki: ServerPki, password: str) -> N
     assert password not in text
     if report["ok"]:
         assert report["echo"]["received"] == 2
-        assert set(report["phases"]) == {"tls", "group_select", "auth", "download", "cstp_connect", "connect"}
+        assert set(report["phases"]) == {
+            "tls",
+            "group_select",
+            "auth",
+            "download",
+            "cstp_connect",
+            "connect",
+        }
     else:
         assert report["error"]["reason"] == "auth_rejected"
 
@@ -105,7 +135,13 @@ def test_no_url_targets_the_embedded_gateway_and_stops_it() -> None:
     assert report["ok"] is True
     assert report["channel"] == "dtls"
     assert set(report["phases"]) == {
-        "tls", "group_select", "auth", "download", "cstp_connect", "dtls", "connect"
+        "tls",
+        "group_select",
+        "auth",
+        "download",
+        "cstp_connect",
+        "dtls",
+        "connect",
     }
     assert report["echo"]["received"] == 2
     port = report["gateway"].rstrip("/").rsplit(":", 1)[1]

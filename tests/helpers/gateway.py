@@ -25,7 +25,6 @@ from loadgen.metrics.gateway import GatewayMetrics
 __all__ = ["GatewayProcess", "gateway_process", "start_gateway"]
 
 
-
 @dataclass
 class GatewayProcess:
     url: str

@@ -68,6 +68,28 @@ def kill_tagged(tag: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def run_locust(
+    args: list[str], *, tag: str, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``locust ARGS`` in the repository, to its end; then no tagged process may be left
+    (asserted), and whatever is left is killed in any case."""
+    try:
+        proc = subprocess.run(
+            [*locust_argv(), *args],
+            cwd=ROOT,
+            env=env if env is not None else locust_env(tag),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert wait_none_left(tag, 10.0) == []
+        return proc
+    finally:
+        kill_tagged(tag)
+
+
 def stats_rows(prefix: Path) -> list[dict[str, str]]:
     """The rows of ``<prefix>_stats.csv`` but the Aggregated one."""
     with Path(f"{prefix}_stats.csv").open(newline="") as f:

@@ -120,9 +120,7 @@ class ScriptedGateway:
         self.port = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1")
-        )
+        listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1"))
         self.port = listeners[0].socket.getsockname()[1]
 
     @property

@@ -30,6 +30,7 @@ from tests.helpers.locust_run import (
     locust_argv,
     locust_env,
     new_tag,
+    run_locust,
     scrape,
     stats_rows,
     wait_none_left,
@@ -48,43 +49,29 @@ def _failures(prefix: Path) -> list[tuple[str, str, str]]:
 
 
 def test_hello_delay_scenario(tmp_path: Path) -> None:
-    tag = new_tag("lghello")
     prefix = tmp_path / "out"
-    argv = [
-        *locust_argv(),
-        *["-f", "scenarios/hello_delay.py", "--headless", "-u", "3", "-r", "3", "-t", "14s"],
-        *["--csv", str(prefix), "--only-summary", "--vpn-metrics-port", "0"],
-        *["--delay-at", "0", "--delay-for", "60", "--tls-delay-ms", "400"],
-        *["--dtls-delay-ms", "800", "--reconnect-every", "5"],
-    ]
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=locust_env(tag),
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-        log = proc.stderr[-4000:]
-        assert proc.returncode == 0, log
-        rows = stats_rows(prefix)
-        assert all(r["Failure Count"] == "0" for r in rows), rows
-        connect = {r["Name"]: r for r in rows if r["Type"] == "connect"}
-        assert sorted(connect) == sorted([*PHASES, "reconnect"]), log
-        # medians: the hellos waited (the first connects may race the window's start)
-        assert float(connect["tls"]["50%"]) >= 400, connect["tls"]
-        assert float(connect["dtls"]["50%"]) >= 800, connect["dtls"]
-        # a delayed hello is not a fallback: every echo went over DTLS
-        assert {r["Name"] for r in rows if r["Type"] == "echo"} == {"dtls"}
-        assert "fault window OPEN" in proc.stderr
-        assert wait_none_left(tag, 10.0) == []
-    finally:
-        kill_tagged(tag)
+    proc = run_locust(
+        [
+            *["-f", "scenarios/hello_delay.py", "--headless", "-u", "3", "-r", "3", "-t", "14s"],
+            *["--csv", str(prefix), "--only-summary", "--vpn-metrics-port", "0"],
+            *["--delay-at", "0", "--delay-for", "60", "--tls-delay-ms", "400"],
+            *["--dtls-delay-ms", "800", "--reconnect-every", "5"],
+        ],
+        tag=new_tag("lghello"),
+        timeout_s=90,
+    )
+    rows = stats_rows(prefix)
+    assert all(r["Failure Count"] == "0" for r in rows), rows
+    connect = {r["Name"]: r for r in rows if r["Type"] == "connect"}
+    assert sorted(connect) == sorted([*PHASES, "reconnect"]), proc.stderr[-3000:]
+    # medians: the hellos waited (the first connects may race the window's start)
+    assert float(connect["tls"]["50%"]) >= 400, connect["tls"]
+    assert float(connect["dtls"]["50%"]) >= 800, connect["dtls"]
+    # a delayed hello is not a fallback: every echo went over DTLS
+    assert {r["Name"] for r in rows if r["Type"] == "echo"} == {"dtls"}
+    assert "fault window OPEN" in proc.stderr
 
 
-# users start at 0, 2, 4 and 6 s: two are up before the window, two start inside it
 BLOCK_AT_S = 3
 BLOCK_FOR_S = 26
 REATTEMPT_S = 8

@@ -27,6 +27,7 @@ from tests.helpers.locust_run import (
     locust_argv,
     locust_env,
     new_tag,
+    run_locust,
     scrape,
     stats_rows,
     wait_none_left,
@@ -148,35 +149,22 @@ def test_master_and_two_workers_split_users_and_aggregate(tmp_path: Path) -> Non
 
 def test_processes_two_split_users_and_list_both_sidecars(tmp_path: Path) -> None:
     """``--processes 2``: Locust forks two workers under a master in one command."""
-    tag = new_tag("lgproc")
     metrics_base = free_port_block(2)
     sd = tmp_path / "sd.json"
     prefix = tmp_path / "out"
-    argv = [
-        *locust_argv(),
-        *["-f", "scenarios/connect.py", "--processes", "2", "--headless", "-u", "6", "-r", "6"],
-        *["-t", "12s", "--csv", str(prefix), "--only-summary"],
-        *["--vpn-metrics-port", str(metrics_base), "--prometheus-sd", str(sd)],
-    ]
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=locust_env(tag),
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-        log = proc.stderr[-4000:]
-        assert proc.returncode == 0, log
-        groups = json.loads(sd.read_text())
-        targets = sorted(t for g in groups for t in g["targets"])
-        assert targets == [f"127.0.0.1:{metrics_base}", f"127.0.0.1:{metrics_base + 1}"], log
-        rows = stats_rows(prefix)
-        connect = {r["Name"]: int(r["Request Count"]) for r in rows if r["Type"] == "connect"}
-        assert connect == dict.fromkeys(PHASES, 6), connect
-        assert all(r["Failure Count"] == "0" for r in rows), rows
-        assert wait_none_left(tag, 10.0) == []
-    finally:
-        kill_tagged(tag)
+    proc = run_locust(
+        [
+            *["-f", "scenarios/connect.py", "--processes", "2", "--headless", "-u", "6", "-r", "6"],
+            *["-t", "12s", "--csv", str(prefix), "--only-summary"],
+            *["--vpn-metrics-port", str(metrics_base), "--prometheus-sd", str(sd)],
+        ],
+        tag=new_tag("lgproc"),
+        timeout_s=90,
+    )
+    groups = json.loads(sd.read_text())
+    targets = sorted(t for g in groups for t in g["targets"])
+    assert targets == [f"127.0.0.1:{metrics_base}", f"127.0.0.1:{metrics_base + 1}"], proc.stderr
+    rows = stats_rows(prefix)
+    connect = {r["Name"]: int(r["Request Count"]) for r in rows if r["Type"] == "connect"}
+    assert connect == dict.fromkeys(PHASES, 6), connect
+    assert all(r["Failure Count"] == "0" for r in rows), rows

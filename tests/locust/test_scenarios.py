@@ -8,56 +8,30 @@ user once, the capacity shape steps up and stops by itself).
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.locust_run import (
     PHASES,
-    ROOT,
-    kill_tagged,
-    locust_argv,
-    locust_env,
     new_tag,
+    run_locust,
     stats_rows,
-    wait_none_left,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 
 def _run(tmp_path: Path, scenario: str, *args: str) -> tuple[list[dict[str, str]], str]:
-    tag = new_tag("lgscen")
     prefix = tmp_path / "out"
-    argv = [
-        *locust_argv(),
-        "-f",
-        f"scenarios/{scenario}",
-        "--headless",
-        "--csv",
-        str(prefix),
-        "--only-summary",
-        "--vpn-metrics-port",
-        "0",
-        *args,
-    ]
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=locust_env(tag),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        log = proc.stdout[-3000:] + proc.stderr[-5000:]
-        assert proc.returncode == 0, log
-        assert wait_none_left(tag, 10.0) == []
-        return stats_rows(prefix), proc.stderr
-    finally:
-        kill_tagged(tag)
+    proc = run_locust(
+        [
+            *["-f", f"scenarios/{scenario}", "--headless", "--csv", str(prefix), "--only-summary"],
+            *["--vpn-metrics-port", "0", *args],
+        ],
+        tag=new_tag("lgscen"),
+    )
+    return stats_rows(prefix), proc.stderr
 
 
 def _connect_rows(rows: list[dict[str, str]]) -> dict[str, int]:
