@@ -35,6 +35,9 @@ from tests.helpers.locust_run import (
     kill_tagged,
     locust_argv,
     locust_env,
+    new_tag,
+    run_locust,
+    stats_rows,
     tagged,
     wait_none_left,
 )
@@ -43,57 +46,31 @@ pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgr
 
 
 def test_headless_run_reports_every_phase_and_leaves_nothing(tmp_path: Path) -> None:
-    tag = f"lgtest{uuid.uuid4().hex[:12]}"
     prefix = tmp_path / "out"
-    argv = [
-        *locust_argv(),
-        "-f",
-        "scenarios/connect.py",
-        "--headless",
-        "-u",
-        "20",
-        "-r",
-        "10",
-        "-t",
-        "15s",
-        "--vpn-metrics-port",
-        "0",
-        "--csv",
-        str(prefix),
-        "--only-summary",
-    ]
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=locust_env(tag),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        log = proc.stdout[-3000:] + proc.stderr[-5000:]
-        assert proc.returncode == 0, log
-        with (tmp_path / "out_stats.csv").open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        connect = {r["Name"]: r for r in rows if r["Type"] == "connect"}
-        echo = [r for r in rows if r["Type"] == "echo"]
-        assert sorted(connect) == sorted(PHASES), log
-        for name in PHASES:
-            assert int(connect[name]["Request Count"]) == 20, (name, connect[name])
-        assert echo, log
-        assert {r["Name"] for r in echo} <= {"dtls", "cstp"}
-        assert sum(int(r["Request Count"]) for r in echo) >= 20
-        for row in rows:
-            assert row["Failure Count"] == "0", row
-        with (tmp_path / "out_failures.csv").open(newline="") as f:
-            assert list(csv.DictReader(f)) == []
-        # the password never reaches Locust's output or its reports
-        assert SECRET not in proc.stdout + proc.stderr
-        assert all(SECRET not in p.read_text() for p in tmp_path.glob("out_*.csv"))
-        assert wait_none_left(tag, 5.0) == []
-    finally:
-        kill_tagged(tag)
+    proc = run_locust(
+        [
+            *["-f", "scenarios/connect.py", "--headless", "-u", "20", "-r", "10", "-t", "15s"],
+            *["--vpn-metrics-port", "0", "--csv", str(prefix), "--only-summary"],
+        ],
+        tag=new_tag("lgtest"),
+    )
+    log = proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = stats_rows(prefix)
+    connect = {r["Name"]: r for r in rows if r["Type"] == "connect"}
+    echo = [r for r in rows if r["Type"] == "echo"]
+    assert sorted(connect) == sorted(PHASES), log
+    for name in PHASES:
+        assert int(connect[name]["Request Count"]) == 20, (name, connect[name])
+    assert echo, log
+    assert {r["Name"] for r in echo} <= {"dtls", "cstp"}
+    assert sum(int(r["Request Count"]) for r in echo) >= 20
+    for row in rows:
+        assert row["Failure Count"] == "0", row
+    with (tmp_path / "out_failures.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == []
+    # the password never reaches Locust's output or its reports
+    assert SECRET not in proc.stdout + proc.stderr
+    assert all(SECRET not in p.read_text() for p in tmp_path.glob("out_*.csv"))
 
 
 def test_children_exit_when_locust_is_killed(tmp_path: Path) -> None:
