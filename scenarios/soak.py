@@ -4,8 +4,9 @@
 
 Plan:
   1. every user connects once (all phases, DTLS when the gateway offers it);
-  2. holds its tunnel for the whole test, sending an echo burst every 5 s
-     (steady traffic; watch ``echo`` rows and the RTT/loss panels);
+  2. holds its tunnel for the whole test; every 5 s it sends an ICMP echo burst
+     (``echo`` rows: RTT and loss) or, one time in four, 20 UDP datagrams of
+     1000 B echoed by the gateway (``traffic`` rows: bytes through the tunnel);
   3. dead peer detection runs underneath: against the embedded gateway its
      DPD is 10 s, so DPD exchanges happen every few seconds;
   4. a tunnel that dies (DPD, gateway restart) shows as a ``tunnel`` failure
@@ -25,6 +26,11 @@ class SoakUser(VpnUser):
     #: with no --host: DPD every 10 s on the embedded gateway
     embedded_gateway_args = ("--dpd", "10")
 
-    @task
+    @task(3)
     def steady_echo(self) -> None:
         self.vpn.echo(count=5, interval_s=0.2)
+
+    @task(1)
+    def steady_traffic(self) -> None:
+        # 20 x 1000 B of UDP through the tunnel and back (the gateway's echo port 7)
+        self.vpn.traffic(packets=20, size_bytes=1000, interval_s=0.01)

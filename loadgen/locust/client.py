@@ -105,6 +105,8 @@ class ConnectParams:
     group: str | None = None
     cafile: str | None = None
     insecure: bool = False
+    servername: str | None = None
+    pin: str | None = None
     hostname: str = "loadgen"
     dtls: bool = True
     dtls_ciphers: tuple[str, ...] | None = None
@@ -320,6 +322,8 @@ class SidecarClient:
                 group=params.group,
                 cafile=params.cafile,
                 insecure=params.insecure,
+                servername=params.servername,
+                pin=params.pin,
                 hostname=params.hostname,
                 dtls=params.dtls,
                 dtls_ciphers=params.dtls_ciphers,
@@ -335,12 +339,30 @@ class SidecarClient:
         return reply if isinstance(reply, Connected) else None
 
     def echo(
-        self, sid: int, *, count: int, interval_s: float, timeout_s: float
+        self,
+        sid: int,
+        *,
+        count: int,
+        interval_s: float,
+        timeout_s: float,
+        udp: bool = False,
+        payload_bytes: int = 56,
     ) -> EchoCompleted | None:
-        def build(seq: int) -> Message:
-            return Echo(seq=seq, id=sid, count=count, interval_s=interval_s, timeout_s=timeout_s)
+        """An echo burst; with ``udp`` it is a ``traffic`` request (UDP echo, port 7)."""
 
-        reply = self._request(build, "echo", sid, count * interval_s + timeout_s)
+        def build(seq: int) -> Message:
+            return Echo(
+                seq=seq,
+                id=sid,
+                count=count,
+                interval_s=interval_s,
+                timeout_s=timeout_s,
+                udp=udp,
+                payload_bytes=payload_bytes,
+            )
+
+        kind = "traffic" if udp else "echo"
+        reply = self._request(build, kind, sid, count * interval_s + timeout_s)
         return reply if isinstance(reply, EchoCompleted) else None
 
     def disconnect(self, sid: int, timeout_s: float = CLOSE_S) -> None:
@@ -354,13 +376,18 @@ class SidecarClient:
     # -- replies -----------------------------------------------------------------------
 
     def _fire_request(
-        self, request_type: str, name: str, ms: float, exc: Exception | None = None
+        self,
+        request_type: str,
+        name: str,
+        ms: float,
+        exc: Exception | None = None,
+        length: int = 0,
     ) -> None:
         self._fire(
             request_type=request_type,
             name=name,
             response_time=ms,
-            response_length=0,
+            response_length=length,
             exception=exc,
             context={},
         )
@@ -396,15 +423,15 @@ class SidecarClient:
         if isinstance(message, Connected):
             self._fire_request("connect", "connect", message.seconds * 1000)
         elif isinstance(message, EchoCompleted):
-            self._fire_echo(message, elapsed_ms)
+            self._fire_echo(message, elapsed_ms, pending.kind)
         elif isinstance(message, RequestFailed):
             exc = VpnRequestError(message.phase, message.reason, message.message)
             log.debug("session %d: %s: %s", message.id, exc, message.message)
             if pending.kind == "connect":
                 self._fire_request("connect", message.phase, elapsed_ms, exc)
                 self._fire_request("connect", "connect", elapsed_ms, exc)
-            elif pending.kind == "echo":
-                self._fire_request("echo", "tunnel", elapsed_ms, exc)
+            elif pending.kind in ("echo", "traffic"):
+                self._fire_request(pending.kind, "tunnel", elapsed_ms, exc)
         elif isinstance(message, Disconnected):
             log.debug("session %d: disconnected", message.id)
         elif isinstance(message, CommandRejected):
@@ -415,7 +442,9 @@ class SidecarClient:
                 self._fire_request(pending.kind, name, elapsed_ms, exc)
         pending.result.set(message)
 
-    def _fire_echo(self, message: EchoCompleted, elapsed_ms: float) -> None:
+    def _fire_echo(self, message: EchoCompleted, elapsed_ms: float, kind: str) -> None:
+        """``echo`` (ICMP) or ``traffic`` (UDP) row named by the channel; its length is
+        the bytes echoed back, so Locust's throughput columns mean tunnel payload."""
         exc = None
         if message.received < message.sent:
             missing = message.sent - message.received
@@ -423,7 +452,8 @@ class SidecarClient:
                 "tunnel", "timeout", f"{missing} of {message.sent} echo replies missing"
             )
         rtt_ms = statistics.median(message.rtts_s) * 1000 if message.rtts_s else elapsed_ms
-        self._fire_request("echo", message.channel, rtt_ms, exc)
+        length = message.received * message.payload_bytes
+        self._fire_request(kind, message.channel, rtt_ms, exc, length)
 
 
 # -- the embedded reference gateway ------------------------------------------------------

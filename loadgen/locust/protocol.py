@@ -85,6 +85,9 @@ class Connect:
     group: str | None = None
     cafile: str | None = None
     insecure: bool = False
+    servername: str | None = None
+    #: a certificate pin (pin-sha256:BASE64 or sha1:HEX): replaces CA trust
+    pin: str | None = None
     #: X-CSTP-Hostname: unique per synthetic client (protocol.md §4.1)
     hostname: str = "loadgen"
     dtls: bool = True
@@ -109,6 +112,10 @@ class Echo:
     count: int = 3
     interval_s: float = 0.2
     timeout_s: float = 2.0
+    #: UDP echo (port 7) instead of ICMP: the "traffic" task
+    udp: bool = False
+    #: payload of each probe
+    payload_bytes: int = 56
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +189,8 @@ class EchoCompleted:
     sent: int
     received: int
     rtts_s: tuple[float, ...] = ()
+    #: payload of each probe (bytes echoed = received * payload_bytes)
+    payload_bytes: int = 56
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from loadgen.engine.dtls import DtlsOptions, offer
 from loadgen.engine.limits import raise_nofile_limit
 from loadgen.engine.session import SessionConfig, VpnSession, open_session, translate
-from loadgen.engine.tls import TlsOptions, build_client_context
+from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.locust.metering import SessionMetering
@@ -70,6 +70,9 @@ WRITE_S = 10.0
 MAX_QUEUED = 4
 PARENT_POLL_S = 0.5
 MAX_ECHO_COUNT = 10_000
+#: an echo probe carries its id and send time; beyond, it would not fit a 1500 B tunnel MTU
+MIN_PAYLOAD_BYTES = 16
+MAX_PAYLOAD_BYTES = 1400
 MAX_SECONDS = 3600.0
 _CONNECT_ORDER = (
     Phase.TLS,
@@ -233,8 +236,13 @@ class Sidecar:
             1 <= cmd.count <= MAX_ECHO_COUNT
             and 0 <= cmd.interval_s <= MAX_SECONDS
             and 0 < cmd.timeout_s <= MAX_SECONDS
+            and MIN_PAYLOAD_BYTES <= cmd.payload_bytes <= MAX_PAYLOAD_BYTES
         ):
-            await self._reject(cmd.seq, "echo needs 1 <= count, 0 <= interval_s, 0 < timeout_s")
+            await self._reject(
+                cmd.seq,
+                "echo needs 1 <= count, 0 <= interval_s, 0 < timeout_s, "
+                f"{MIN_PAYLOAD_BYTES} <= payload_bytes <= {MAX_PAYLOAD_BYTES}",
+            )
             return
         entry = self._sessions.get(cmd.id)
         if entry is None or not entry.up or entry.closing:
@@ -269,7 +277,12 @@ class Sidecar:
     def _config(self, cmd: Connect) -> tuple[SessionConfig, ssl.SSLContext]:
         if not 0 < cmd.timeout_s <= MAX_SECONDS:
             raise ValueError("timeout_s must be in (0, 3600]")
-        tls = TlsOptions(cafile=cmd.cafile, insecure=cmd.insecure)
+        tls = TlsOptions(
+            cafile=cmd.cafile,
+            servername=cmd.servername,
+            pin=parse_pin(cmd.pin) if cmd.pin else None,
+            insecure=cmd.insecure,
+        )
         ctx = self._contexts.get(tls)
         if ctx is None:
             ctx = self._contexts[tls] = build_client_context(tls)
@@ -456,6 +469,8 @@ class Sidecar:
                     count=cmd.count,
                     interval_s=cmd.interval_s,
                     timeout_s=cmd.timeout_s,
+                    payload_bytes=cmd.payload_bytes,
+                    udp=cmd.udp,
                 )
             except Exception as exc:
                 if not entry.closing:
@@ -477,6 +492,7 @@ class Sidecar:
                 sent=result.sent,
                 received=result.received,
                 rtts_s=tuple(result.rtts_s),
+                payload_bytes=cmd.payload_bytes,
             )
         )
 

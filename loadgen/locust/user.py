@@ -23,7 +23,6 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,10 @@ from loadgen.engine.feeder import (
     Credentials,
     FeederError,
     HostnameFactory,
+    IdentityFeeder,
     IdentityPool,
     PatternFeeder,
+    load_credentials,
     new_run_id,
 )
 from loadgen.locust import discovery
@@ -49,147 +50,13 @@ from loadgen.locust.client import (
     VpnRequestError,
 )
 from loadgen.locust.protocol import EchoCompleted, TunnelEnded
-from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
+from loadgen.locust.settings import VpnSettings, add_options, check_files, settings_for
 
 __all__ = ["IDENTITIES_PER_PROCESS", "VpnConnection", "VpnSettings", "VpnUser"]
 
 log = logging.getLogger("loadgen.locust")
 
 IDENTITIES_PER_PROCESS = 100_000
-DEFAULT_METRICS_PORT = 9646
-
-
-# -- settings ---------------------------------------------------------------------------
-
-
-def _ciphers(text: str, known: tuple[str, ...], option: str) -> tuple[str, ...] | None:
-    names = tuple(n.strip() for n in text.split(":") if n.strip())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"{option}: unknown cipher {unknown[0]}; known: {':'.join(known)}")
-    return names or None
-
-
-@dataclass(frozen=True, kw_only=True)
-class VpnSettings:
-    """The ``--vpn-*`` options, checked."""
-
-    user_pattern: str = "user{n}"
-    password: str = field(default="loadgen", repr=False)
-    group: str | None = None
-    cafile: str | None = None
-    insecure: bool = False
-    dtls: bool = True
-    dtls_ciphers: tuple[str, ...] | None = None
-    dtls12_ciphers: tuple[str, ...] | None = None
-    echo_count: int = 3
-    echo_interval_s: float = 0.2
-    echo_timeout_s: float = 2.0
-    timeout_s: float = 30.0
-    dtls_host: str | None = None
-    dtls_port: int | None = None
-    dtls_reattempt_s: float | None = None
-    #: base port of the sidecars' metrics (plus the worker index); None: not served
-    metrics_port: int | None = DEFAULT_METRICS_PORT
-    metrics_host: str = "127.0.0.1"
-
-    @classmethod
-    def from_options(cls, options: Any) -> VpnSettings:
-        """From ``environment.parsed_options`` (None: the defaults); ValueError when bad."""
-
-        def opt(name: str, default: Any) -> Any:
-            value = getattr(options, name, None)
-            return default if value is None or value == "" else value
-
-        settings = cls(
-            user_pattern=str(opt("vpn_user_pattern", "user{n}")),
-            password=str(opt("vpn_password", "loadgen")),
-            group=opt("vpn_group", None),
-            cafile=opt("vpn_cafile", None),
-            insecure=bool(opt("vpn_insecure", False)),
-            dtls=not opt("vpn_no_dtls", False),
-            dtls_ciphers=_ciphers(
-                str(opt("vpn_dtls_ciphers", "")), KNOWN_DTLS_CIPHERS, "--vpn-dtls-ciphers"
-            ),
-            dtls12_ciphers=_ciphers(
-                str(opt("vpn_dtls12_ciphers", "")), KNOWN_DTLS12_CIPHERS, "--vpn-dtls12-ciphers"
-            ),
-            echo_count=int(opt("vpn_echo_count", 3)),
-            echo_interval_s=float(opt("vpn_echo_interval", 0.2)),
-            echo_timeout_s=float(opt("vpn_echo_timeout", 2.0)),
-            timeout_s=float(opt("vpn_timeout", 30.0)),
-            dtls_host=opt("vpn_dtls_host", None),
-            dtls_port=_optional_int(opt("vpn_dtls_port", None)),
-            dtls_reattempt_s=_optional_float(opt("vpn_dtls_reattempt", None)),
-            metrics_port=_optional_int(opt("vpn_metrics_port", DEFAULT_METRICS_PORT)) or None,
-            metrics_host=str(opt("vpn_metrics_host", "127.0.0.1")),
-        )
-        if settings.echo_count < 1 or settings.echo_interval_s < 0:
-            raise ValueError("--vpn-echo-count must be >= 1 and --vpn-echo-interval >= 0")
-        if settings.dtls_port is not None and not 0 < settings.dtls_port < 65536:
-            raise ValueError("--vpn-dtls-port must be in 1..65535")
-        if settings.dtls_reattempt_s is not None and not 0 < settings.dtls_reattempt_s <= 3600:
-            raise ValueError("--vpn-dtls-reattempt must be in (0, 3600]")
-        if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
-            raise ValueError("--vpn-metrics-port must be in 1..65535 (0: off)")
-        if settings.echo_timeout_s <= 0 or settings.timeout_s <= 0:
-            raise ValueError("--vpn-echo-timeout and --vpn-timeout must be positive")
-        try:
-            PatternFeeder(settings.user_pattern, password=settings.password)
-        except FeederError as exc:
-            raise ValueError(f"--vpn-user-pattern: {exc}") from None
-        return settings
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None or value == "" else int(value)
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None or value == "" else float(value)
-
-
-def _add_options(parser: Any, **_kwargs: Any) -> None:
-    add = parser.add_argument
-    add("--vpn-user-pattern", default="user{n}", help="user names, {n} unique per user")
-    add(
-        "--vpn-password",
-        default="loadgen",
-        env_var="LOADGEN_VPN_PASSWORD",
-        is_secret=True,
-        help="password of every user (or LOADGEN_VPN_PASSWORD)",
-    )
-    add("--vpn-group", default="", help="tunnel group to select, by name or alias")
-    add("--vpn-cafile", default="", help="PEM CA file for the gateway certificate")
-    add("--vpn-insecure", action="store_true", help="do not verify the gateway certificate")
-    add("--vpn-no-dtls", action="store_true", help="offer no DTLS; tunnels stay on CSTP")
-    add("--vpn-dtls-ciphers", default="", help="X-DTLS-CipherSuite offer, colon-separated")
-    add("--vpn-dtls12-ciphers", default="", help="X-DTLS12-CipherSuite offer, colon-separated")
-    add("--vpn-echo-count", type=int, default=3, help="ICMP echo requests per burst")
-    add("--vpn-echo-interval", type=float, default=0.2, help="seconds between echo requests")
-    add("--vpn-echo-timeout", type=float, default=2.0, help="seconds to wait for each reply")
-    add("--vpn-timeout", type=float, default=30.0, help="bound for each connect phase, seconds")
-    add("--vpn-dtls-host", default="", help="send DTLS here instead of the gateway's host")
-    add("--vpn-dtls-port", type=int, default=None, help="and to this port (a fault proxy)")
-    add(
-        "--vpn-dtls-reattempt",
-        type=float,
-        default=None,
-        help="seconds between DTLS re-attempts after a fallback (default 60)",
-    )
-    add(
-        "--vpn-metrics-port",
-        type=int,
-        default=DEFAULT_METRICS_PORT,
-        help="each engine sidecar serves Prometheus metrics on this port plus its "
-        f"worker index (default {DEFAULT_METRICS_PORT}; 0: off)",
-    )
-    add("--vpn-metrics-host", default="127.0.0.1", help="address the sidecars' metrics bind")
-    add(
-        "--prometheus-sd",
-        default="",
-        help="write a Prometheus file_sd JSON file listing every sidecar's metrics",
-    )
 
 
 # -- per process state ------------------------------------------------------------------
@@ -217,7 +84,7 @@ class _Process:
             if self.quitting:
                 raise SidecarError("Locust is quitting")
             if self.sidecar is None or not self.sidecar.alive:
-                settings = VpnSettings.from_options(environment.parsed_options)
+                settings = settings_for(environment.parsed_options)
                 worker = _worker_index(environment)
                 port = None
                 if settings.metrics_port is not None:
@@ -237,15 +104,25 @@ class _Process:
 
     def acquire(self, environment: Environment, settings: VpnSettings) -> tuple[Credentials, str]:
         worker = _worker_index(environment)
-        key = (settings.user_pattern, settings.group, worker)
+        workers = _worker_count(environment)
+        key = (settings.credentials_file or settings.user_pattern, settings.group, worker)
         if self._pool is None or self._pool_key != key:
-            feeder = PatternFeeder(
-                settings.user_pattern,
-                password="",  # filled in per connect: never kept in the pool
-                group=settings.group,
-                first=worker * IDENTITIES_PER_PROCESS + 1,
-                count=IDENTITIES_PER_PROCESS,
-            )
+            feeder: IdentityFeeder
+            if settings.credentials_file:
+                if worker >= workers:
+                    raise FeederError(
+                        f"worker {worker} of {workers}: give the master --expect-workers "
+                        "with the number of workers, so the credentials file splits right"
+                    )
+                feeder = load_credentials(settings.credentials_file).slice(worker, workers)
+            else:
+                feeder = PatternFeeder(
+                    settings.user_pattern,
+                    password="",  # filled in per connect: never kept in the pool
+                    group=settings.group,
+                    first=worker * IDENTITIES_PER_PROCESS + 1,
+                    count=IDENTITIES_PER_PROCESS,
+                )
             self._pool, self._pool_key = feeder.pool(), key
             self._hostnames = HostnameFactory(self.run_id, worker)
         assert self._hostnames is not None
@@ -258,6 +135,14 @@ class _Process:
 
 
 _PROCESS = _Process()
+
+
+def _worker_count(environment: Environment) -> int:
+    """How many Locust processes share the identities: 1 for a local runner, the
+    master's ``--expect-workers`` (forwarded to workers; ``--processes`` sets it) else."""
+    if not isinstance(environment.runner, WorkerRunner):
+        return 1
+    return max(1, int(getattr(environment.parsed_options, "expect_workers", 1) or 1))
 
 
 def _worker_index(environment: Environment) -> int:
@@ -297,7 +182,9 @@ def _on_metrics_message(environment: Environment, msg: Any, **_kwargs: Any) -> N
 
 def _on_init(environment: Environment, **_kwargs: Any) -> None:
     try:
-        VpnSettings.from_options(environment.parsed_options)
+        settings = settings_for(environment.parsed_options)
+        if not isinstance(environment.runner, WorkerRunner):
+            check_files(settings)  # workers get their options later, from the master
     except ValueError as exc:
         logging.getLogger("loadgen.locust").error("%s", exc)
         sys.exit(2)
@@ -352,7 +239,7 @@ def _on_quitting(**_kwargs: Any) -> None:
         gateway.stop()
 
 
-events.init_command_line_parser.add_listener(_add_options)  # type: ignore[no-untyped-call]
+events.init_command_line_parser.add_listener(add_options)  # type: ignore[no-untyped-call]
 events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_on_quitting)  # type: ignore[no-untyped-call]
@@ -379,7 +266,7 @@ class VpnConnection:
 
     @property
     def settings(self) -> VpnSettings:
-        return VpnSettings.from_options(self._user.environment.parsed_options)
+        return settings_for(self._user.environment.parsed_options)
 
     def connect(self) -> bool:
         """Phases 1 to 6; False when the connect failed (already reported to Locust)."""
@@ -394,17 +281,25 @@ class VpnConnection:
         except SidecarError as exc:
             self._sidecar_failed(exc)
             return False
-        creds, hostname = _PROCESS.acquire(env, settings)
+        try:
+            creds, hostname = _PROCESS.acquire(env, settings)
+        except FeederError as exc:  # every identity in use, or a bad credentials file
+            log.error("no identity for a new user: %s", exc)
+            self._report("connect", "connect", VpnRequestError("connect", "resource", str(exc)))
+            return False
         sid = next(_PROCESS.ids)
         self._sid, self._creds, self._sidecar = sid, creds, sidecar
         sidecar.on_tunnel_ended[sid] = self._ended
         params = ConnectParams(
             url=url,
             username=creds.username,
-            password=settings.password,
-            group=creds.group,
+            # a credentials file brings its own passwords; the pattern uses --vpn-password
+            password=creds.password or settings.password,
+            group=creds.group or settings.group,
             cafile=settings.cafile,
             insecure=settings.insecure,
+            servername=settings.servername,
+            pin=settings.servercert,
             hostname=hostname,
             dtls=settings.dtls,
             dtls_ciphers=settings.dtls_ciphers,
@@ -446,12 +341,15 @@ class VpnConnection:
         if _PROCESS.quitting:
             return
         log.error("%s", exc)
+        self._report("connect", "connect", VpnRequestError("connect", "internal", str(exc)))
+
+    def _report(self, request_type: str, name: str, exc: Exception) -> None:
         self._user.environment.events.request.fire(
-            request_type="connect",
-            name="connect",
+            request_type=request_type,
+            name=name,
             response_time=0,
             response_length=0,
-            exception=VpnRequestError("connect", "internal", str(exc)),
+            exception=exc,
             context={},
         )
 
@@ -461,6 +359,8 @@ class VpnConnection:
         *,
         interval_s: float | None = None,
         timeout_s: float | None = None,
+        udp: bool = False,
+        size_bytes: int = 56,
     ) -> EchoCompleted | None:
         """An ICMP echo burst to the gateway's tunnel address; a user whose
         tunnel is down reconnects first, as a real client would."""
@@ -474,6 +374,8 @@ class VpnConnection:
                 count=settings.echo_count if count is None else count,
                 interval_s=settings.echo_interval_s if interval_s is None else interval_s,
                 timeout_s=settings.echo_timeout_s if timeout_s is None else timeout_s,
+                udp=udp,
+                payload_bytes=size_bytes,
             )
         except SidecarError:
             # it exited: its requests were reported as failures; reconnect next time
@@ -482,6 +384,21 @@ class VpnConnection:
         if reply is not None:
             self.channel = reply.channel
         return reply
+
+    def traffic(
+        self,
+        packets: int = 10,
+        *,
+        size_bytes: int = 1000,
+        interval_s: float = 0.01,
+        timeout_s: float | None = None,
+    ) -> EchoCompleted | None:
+        """A burst of ``packets`` UDP datagrams of ``size_bytes`` payload to the
+        gateway's UDP echo (port 7), each answered through the tunnel: a
+        ``traffic`` row per channel whose length is the bytes echoed back."""
+        return self.echo(
+            packets, interval_s=interval_s, timeout_s=timeout_s, udp=True, size_bytes=size_bytes
+        )
 
     def disconnect(self) -> None:
         """DISCONNECT (or abandon a connect in progress) and free the identity."""

@@ -45,8 +45,10 @@ def test_soak(tmp_path: Path) -> None:
     connect = _connect_rows(rows)
     assert sorted(connect) == sorted(PHASES)
     assert all(n == 6 for n in connect.values()), connect
-    # an echo burst every 5 s for every user: at least two rounds in 12 s
-    assert sum(int(r["Request Count"]) for r in rows if r["Type"] == "echo") >= 12
+    # an echo burst or a traffic burst every 5 s for every user: two rounds in 12 s
+    bursts = [r for r in rows if r["Type"] in ("echo", "traffic")]
+    assert sum(int(r["Request Count"]) for r in bursts) >= 12
+    assert {r["Name"] for r in bursts} == {"dtls"}
 
 
 def test_storm_reconnects_every_user_once(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 from tests.helpers.locust_run import (
     PHASES,
     ROOT,
+    SECRET,
     free_ports,
     kill_tagged,
     locust_argv,
@@ -69,6 +70,9 @@ def test_web_ui_swarm_and_stop(tmp_path: Path) -> None:
                 time.sleep(0.3)
         assert status == 200, log.read_text()[-3000:]
         assert b"locust" in page.lower()
+        # the password option is not in the page at all (masking would still ship it)
+        assert SECRET.encode() not in page
+        assert b"vpn_password" not in page and b"vpn-password" not in page
 
         form = urllib.parse.urlencode({"user_count": 4, "spawn_rate": 4}).encode()
         with urllib.request.urlopen(base + "/swarm", data=form, timeout=5) as resp:
