@@ -45,6 +45,8 @@ def locust_env(tag: str) -> dict[str, str]:
 
 
 def tagged(tag: str) -> list[str]:
+    """The processes whose command line holds ``tag`` (``pgrep``: procps, installed by
+    ``scripts/install --test``; without it this fails, it never skips)."""
     proc = subprocess.run(
         ["pgrep", "-af", tag], capture_output=True, text=True, timeout=10, check=False
     )

@@ -14,12 +14,9 @@ the fallbacks.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from loadgen.metrics.summary import parse_exposition
 from tests.helpers.locust_run import (
@@ -35,8 +32,6 @@ from tests.helpers.locust_run import (
     stats_rows,
     wait_none_left,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 PROXY_URL = re.compile(r"fault proxy started: (http://\S+)")
 

@@ -10,12 +10,9 @@ counters show its half, and the master's stats show the sum.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from loadgen.metrics.summary import parse_exposition
 from tests.helpers.locust_run import (
@@ -32,8 +29,6 @@ from tests.helpers.locust_run import (
     stats_rows,
     wait_none_left,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 USERS = 10
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-
-import pytest
 
 from loadgen.locust.protocol import Disconnect as DisconnectCommand
 from loadgen.locust.protocol import (
@@ -41,8 +38,6 @@ from tests.helpers.locust_run import (
     tagged,
     wait_none_left,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 
 def test_headless_run_reports_every_phase_and_leaves_nothing(tmp_path: Path) -> None:

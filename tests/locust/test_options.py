@@ -9,7 +9,6 @@ connects every user once with its own password, wrong passwords fail as
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ from cryptography import x509
 from tests.helpers.certs import spki_pin_sha256
 from tests.helpers.gateway import GatewayProcess, gateway_process
 from tests.helpers.locust_run import new_tag, run_locust, stats_rows
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 USERS = {f"crew{n}": f"secret-{n}-pw" for n in range(1, 5)}
 

@@ -7,10 +7,7 @@ user once, the capacity shape steps up and stops by itself).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from tests.helpers.locust_run import (
     PHASES,
@@ -18,8 +15,6 @@ from tests.helpers.locust_run import (
     run_locust,
     stats_rows,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 
 def _run(tmp_path: Path, scenario: str, *args: str) -> tuple[list[dict[str, str]], str]:

@@ -9,15 +9,12 @@ Locust with no child left.  Loopback only.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from tests.helpers.locust_run import (
     PHASES,
@@ -30,8 +27,6 @@ from tests.helpers.locust_run import (
     new_tag,
     wait_none_left,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep (procps)")
 
 
 def _get(url: str) -> tuple[int, bytes]:
