@@ -20,6 +20,7 @@ known (``--host``, or the embedded gateway), it
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -92,6 +93,7 @@ class FaultLab:
         events.init_command_line_parser.add_listener(_add_options)  # type: ignore[no-untyped-call]
         events.init.add_listener(lab._on_init)  # type: ignore[no-untyped-call]
         events.test_start.add_listener(lab._on_test_start)  # type: ignore[no-untyped-call]
+        events.test_stop.add_listener(lab._on_test_stop)  # type: ignore[no-untyped-call]
         events.quitting.add_listener(lab._on_quitting)  # type: ignore[no-untyped-call]
         return lab
 
@@ -112,6 +114,10 @@ class FaultLab:
             self._process, api = start_faultproxy_process()
             log.info("fault proxy started: %s", api)
         parsed = urllib.parse.urlsplit(api)
+        # users reach the proxies where they reach the API (a lab's proxy container,
+        # or loopback); the gateway certificate must name that host
+        public = parsed.hostname or "127.0.0.1"
+        bind = "127.0.0.1" if _is_loopback(public) else "0.0.0.0"
         server = Toxiproxy()
         server.update_api_consumer(parsed.hostname or "127.0.0.1", parsed.port or 8474)
         target = urllib.parse.urlsplit(environment.host)
@@ -120,31 +126,47 @@ class FaultLab:
         for name in (TLS_PROXY, DTLS_PROXY):
             if server.get_proxy(name) is not None:
                 server.get_proxy(name).destroy()
-        tls = server.create(upstream=f"{host}:{port}", name=TLS_PROXY, listen="127.0.0.1:0")
-        dtls = server.create(
-            upstream=f"udp://{dtls_up}", name=DTLS_PROXY, listen="udp://127.0.0.1:0"
-        )
+        tls = server.create(upstream=f"{host}:{port}", name=TLS_PROXY, listen=f"{bind}:0")
+        dtls = server.create(upstream=f"udp://{dtls_up}", name=DTLS_PROXY, listen=f"udp://{bind}:0")
         self._proxies = {"tls": tls, "dtls": dtls}
         tls_port = int(tls.listen.rsplit(":", 1)[1])
         dtls_port = int(dtls.listen.rsplit(":", 1)[1])
         environment.host = urllib.parse.urlunsplit(
-            (target.scheme, f"127.0.0.1:{tls_port}", target.path or "/", "", "")
+            (target.scheme, f"{public}:{tls_port}", target.path or "/", "", "")
         )
         if options is not None:
             options.host = environment.host
-            options.vpn_dtls_host = "127.0.0.1"
+            options.vpn_dtls_host = public
             options.vpn_dtls_port = dtls_port
         log.info(
-            "chaos: users go through the fault proxy: %s (TCP) and udp://127.0.0.1:%d (DTLS)",
+            "chaos: users go through the fault proxy: %s (TCP) and udp://%s:%d (DTLS)",
             environment.host,
+            public,
             dtls_port,
         )
 
     def _on_test_start(self, environment: Environment, **_kw: Any) -> None:
         if isinstance(environment.runner, WorkerRunner) or not self._proxies:
             return
+        self._stop_windows()  # a new test from the web UI starts clean
         plan = list(self._windows(environment.parsed_options))
         self._runner = gevent.spawn(self._run_windows, plan)
+
+    def _on_test_stop(self, environment: Environment, **_kw: Any) -> None:
+        if not isinstance(environment.runner, WorkerRunner):
+            self._stop_windows()
+
+    def _stop_windows(self) -> None:
+        """End the windows in progress and lift every toxic of our proxies."""
+        if self._runner is not None:
+            self._runner.kill(block=True, timeout=5)
+            self._runner = None
+        for proxy in self._proxies.values():
+            try:
+                for name in list(proxy.toxics()):
+                    proxy.destroy_toxic(name)
+            except Exception as exc:  # the proxy may be gone; the run goes on
+                log.warning("cannot lift the toxics of %s: %s", proxy.name, exc)
 
     def _run_windows(self, plan: list[Window]) -> None:
         started = gevent.get_hub().loop.now()
@@ -173,6 +195,7 @@ class FaultLab:
     def _on_quitting(self, **_kw: Any) -> None:
         if self._runner is not None:
             self._runner.kill(block=False)
+            self._runner = None
         for proxy in self._proxies.values():
             try:
                 proxy.destroy()
@@ -184,3 +207,10 @@ class FaultLab:
 
             stop_faultproxy_process(self._process)
             self._process = None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

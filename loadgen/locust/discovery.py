@@ -38,6 +38,11 @@ class ServiceDiscoveryFile:
         self._targets[worker] = target
         self.write()
 
+    def clear(self) -> None:
+        """No target any more (the run is over): Prometheus stops scraping them."""
+        self._targets.clear()
+        self.write()
+
     def write(self) -> None:
         groups = [
             {"targets": [target], "labels": {"runner": "locust", "worker": str(worker)}}

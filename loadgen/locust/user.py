@@ -234,6 +234,12 @@ def _on_quitting(**_kwargs: Any) -> None:
     # DISCONNECTs their sessions itself, and the users then find it closed
     _PROCESS.quitting = True
     _PROCESS.close_sidecar()
+    if _PROCESS.discovery is not None:
+        # the sidecars are gone: a stale list would read as targets down
+        try:
+            _PROCESS.discovery.clear()
+        except OSError as exc:
+            log.error("cannot write %s: %s", _PROCESS.discovery.path, exc)
     gateway, _PROCESS.gateway = _PROCESS.gateway, None
     if gateway is not None:
         gateway.stop()

@@ -105,7 +105,7 @@ def test_children_exit_when_locust_is_killed(tmp_path: Path) -> None:
         assert not any(SECRET in line for line in found)
         locust.send_signal(signal.SIGKILL)
         locust.wait(timeout=10)
-        assert wait_none_left(tag, 5.0) == []
+        assert wait_none_left(tag, 15.0) == []
     finally:
         if locust.poll() is None:
             locust.kill()
