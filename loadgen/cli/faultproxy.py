@@ -80,6 +80,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug)")
     p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
+    # a marker for process listings (pgrep -f), ignored, as the Locust sidecar's --tag
+    p.add_argument("--tag", default="", metavar="TEXT", help=argparse.SUPPRESS)
     p.set_defaults(func=_main)
 
 

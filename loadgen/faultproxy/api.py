@@ -22,8 +22,12 @@ Errors are ``{"error": "...", "status": N}`` with Toxiproxy's codes and messages
 an unknown path is 404 and a known path with another method 405.  Like Toxiproxy,
 requests whose User-Agent starts with ``Mozilla/`` get 403, so that a web page a
 browser visits cannot drive the proxy.  Hostile input is bounded: heads of 64 KiB,
-bodies of 1 MiB (413), 15 s to send a request, 60 s idle between requests; a bad
-request answers an error and never takes the server down.
+bodies of 1 MiB (413), 10 s to send a request once its first byte came (408, so a
+slowloris cannot hold a slot), 10 s idle between requests (then the connection is
+closed), 10 s to take an answer, and at most 64 connections at once (one more is
+closed at once).  So idle or slow clients free their slots within about 10 s, and
+a new client gets an answer again.  A bad request answers an error and never takes
+the server down.
 """
 
 from __future__ import annotations
@@ -44,16 +48,28 @@ from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ProxySpec
 from loadgen.faultproxy.registry import ProxyRegistry
 
-__all__ = ["MAX_BODY_BYTES", "VERSION", "FaultProxyApi"]
+__all__ = [
+    "IDLE_TIMEOUT_S",
+    "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
+    "REQUEST_TIMEOUT_S",
+    "SEND_TIMEOUT_S",
+    "VERSION",
+    "FaultProxyApi",
+    "parse_json_untrusted",
+]
 
 log = logging.getLogger(__name__)
 
 VERSION = f"{__version__} (loadgen faultproxy, Toxiproxy v2 API)"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
-REQUEST_TIMEOUT_S = 15.0  # Toxiproxy's ReadTimeout
-IDLE_TIMEOUT_S = 60.0  # Toxiproxy's IdleTimeout
-MAX_CONNECTIONS = 256
+# Toxiproxy has 15 s to read and 60 s idle; shorter here, so that a handful of idle
+# keep-alive sockets cannot hold every slot for long
+REQUEST_TIMEOUT_S = 10.0  # from a request's first byte to its end
+IDLE_TIMEOUT_S = 10.0  # waiting for the next request's first byte
+SEND_TIMEOUT_S = 10.0  # a client that does not read its answer
+MAX_CONNECTIONS = 64
 LINGER_S = 1.0  # after an error answer, how long to drain the client's rest
 LINGER_BYTES = 4 * MAX_BODY_BYTES
 _RECEIVE = 65536
@@ -150,7 +166,7 @@ class FaultProxyApi:
                 await self._serve_connection(stream)
             finally:
                 self._limiter.release_on_behalf_of(stream)
-        except _STREAM_ERRORS:
+        except (*_STREAM_ERRORS, trio.TooSlowError):
             pass
         except Exception:  # one connection never takes the API down
             log.exception("API: unexpected error on a connection")
@@ -178,13 +194,24 @@ class FaultProxyApi:
                 return
 
     async def _read_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> _Request | None:
+        """The next request; None when the client closes or stays idle too long.
+
+        The idle timer runs until the request's first byte, then the request timer
+        until its end (408), so a client sending a byte now and then cannot keep
+        the connection for longer than both."""
         head: h11.Request | None = None
         body = bytearray()
-        with trio.move_on_after(IDLE_TIMEOUT_S) as idle:
-            event = await self._next_event(stream, conn)
-        if idle.cancelled_caught:
-            return None
-        with trio.move_on_after(REQUEST_TIMEOUT_S) as scope:
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                scope.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+
+        with trio.move_on_after(IDLE_TIMEOUT_S) as scope:
+            event = await self._next_event(stream, conn, start)
+            start()
             while True:
                 if isinstance(event, h11.Request):
                     head = event
@@ -205,13 +232,15 @@ class FaultProxyApi:
                     )
                 else:  # ConnectionClosed, PAUSED
                     return None
-                event = await self._next_event(stream, conn)
-        if scope.cancelled_caught:
+                event = await self._next_event(stream, conn, start)
+        if scope.cancelled_caught and started:
             raise _HttpError(408, "request timeout")
-        return None
+        return None  # idle: close quietly, as Toxiproxy's IdleTimeout does
 
     @staticmethod
-    async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> Any:
+    async def _next_event(
+        stream: trio.abc.Stream, conn: h11.Connection, on_data: Callable[[], None]
+    ) -> Any:
         while True:
             try:
                 event = conn.next_event()
@@ -221,6 +250,8 @@ class FaultProxyApi:
             if event is not h11.NEED_DATA:
                 return event
             data = await stream.receive_some(_RECEIVE)
+            if data:
+                on_data()
             conn.receive_data(bytes(data))
 
     async def _send(self, stream: trio.abc.Stream, conn: h11.Connection, resp: _Response) -> None:
@@ -237,7 +268,8 @@ class FaultProxyApi:
         if resp.body and resp.status != 204:
             out = (out or b"") + (conn.send(h11.Data(data=resp.body)) or b"")
         out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        await stream.send_all(out)
+        with trio.fail_after(SEND_TIMEOUT_S):  # TooSlowError ends the connection
+            await stream.send_all(out)
 
     async def _send_error_and_close(
         self, stream: trio.abc.Stream, conn: h11.Connection, status: int, message: str
@@ -260,7 +292,8 @@ class FaultProxyApi:
             out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             return
-        await stream.send_all(out)
+        with trio.fail_after(SEND_TIMEOUT_S):
+            await stream.send_all(out)
 
     # -- routing --------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ trio loop lives apart.  It listens on 127.0.0.1 (its API on a free port unless o
 is asked for), prints one banner line with the API URL, and is stopped (SIGTERM,
 then SIGKILL) when the caller is done.  If the caller dies without cleaning up, the
 proxy notices its parent is gone and exits (``--exit-with-parent``, as the
-embedded gateway does).
+embedded gateway does).  When ``LOADGEN_LOCUST_TAG`` holds a valid tag (as for the
+Locust sidecars, loadgen.locust.client), the command line carries ``--tag TAG`` so
+that tests can prove no proxy is left behind (``pgrep -f``).
 
 Two flavours: :func:`embedded_faultproxy` for trio code, and
 :func:`start_faultproxy_process` / :func:`stop_faultproxy_process` for plain
@@ -43,6 +45,14 @@ __all__ = [
 
 #: the banner ``loadgen faultproxy`` prints on stdout once its API listens
 BANNER_URL = re.compile(r"faultproxy API: (http://\S+)")
+#: loadgen.locust.client.TAG_ENV, read here by name: that module imports gevent
+TAG_ENV = "LOADGEN_LOCUST_TAG"
+_TAG_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _tag() -> str:
+    tag = os.environ.get(TAG_ENV, "")
+    return tag if _TAG_OK.fullmatch(tag) else ""
 
 
 class EmbeddedFaultProxyError(RuntimeError):
@@ -67,6 +77,8 @@ def faultproxy_argv(
     ]
     if config is not None:
         argv += ["--config", str(config)]
+    if tag := _tag():
+        argv += ["--tag", tag]
     return argv
 
 

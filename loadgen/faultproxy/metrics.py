@@ -29,7 +29,7 @@ from loadgen.faultproxy.model import STREAMS
 
 __all__ = ["OVERLOAD_CAUSES", "FaultProxyMetrics"]
 
-OVERLOAD_CAUSES = ("max_flows", "queue_full")
+OVERLOAD_CAUSES = ("max_flows", "queue_full", "max_connections")
 
 _PROXY_LABELLED = ("connections_total", "connections_active")
 _DIRECTION_LABELLED = ("bytes", "datagrams")

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import trio
 
+from loadgen.proto.errors import BadPacketError
+
 __all__ = [
     "DOWNSTREAM",
     "STREAMS",
@@ -44,7 +46,7 @@ UDP_SCHEME = "udp://"
 AttrValue = int | float
 
 
-class ApiError(Exception):
+class ApiError(BadPacketError):
     """An HTTP API error with Toxiproxy's status code (400, 404, 409, 500)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -144,9 +146,18 @@ class ToxicSpec:
 def _toxicity(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError(400, "toxic: toxicity must be a number")
-    if not (0.0 <= float(value) <= 1.0) or math.isnan(value):
+    if not _finite(value) or not 0.0 <= float(value) <= 1.0:
         raise ApiError(400, "toxic: toxicity must be between 0 and 1")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    """JSON integers are unbounded: one beyond a float's range is not a finite number
+    here (math.isfinite and float() raise OverflowError on it)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _attributes(value: object) -> dict[str, AttrValue]:
@@ -156,7 +167,7 @@ def _attributes(value: object) -> dict[str, AttrValue]:
         raise ApiError(400, "toxic: attributes must be an object")
     out: dict[str, AttrValue] = {}
     for key, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
             raise ApiError(400, f"toxic: attribute {key} must be a number")
         out[str(key)] = v
     return out

@@ -15,7 +15,11 @@ the listener and every connection (a disabled proxy drops its connections).
 
 Memory stays bounded: a direction stops reading while more than
 ``MAX_HELD_BYTES`` wait in its toxics (``latency`` holds a window of data), which
-pushes back on the sender through TCP.
+pushes back on the sender through TCP.  A proxy relays at most ``max_connections``
+connections at once (default :data:`MAX_CONNECTIONS`); one more is accepted and closed
+at once, and counted as overload (cause ``max_connections``).  The upstream connect is
+bounded by ``connect_timeout_s`` (default :data:`CONNECT_TIMEOUT_S`): a client whose
+upstream does not answer is closed, not kept forever.
 """
 
 from __future__ import annotations
@@ -44,13 +48,24 @@ from loadgen.faultproxy.toxics import check_tcp_toxic
 from loadgen.faultproxy.toxics.base import Chunk, Close, EndOfStream, Item
 from loadgen.faultproxy.toxics.chain import ToxicChain
 
-__all__ = ["MAX_HELD_BYTES", "TcpProxy", "format_address", "parse_tcp_address"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "MAX_CONNECTIONS",
+    "MAX_HELD_BYTES",
+    "TcpProxy",
+    "format_address",
+    "parse_tcp_address",
+]
 
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
 #: per direction: above this, the link stops reading until its toxics let data go
 MAX_HELD_BYTES = 4 * 1024 * 1024
+#: connections one proxy relays at once; beyond, accepted and closed at once
+MAX_CONNECTIONS = 10_000
+#: how long the upstream connect may take before the client is closed
+CONNECT_TIMEOUT_S = 10.0
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -222,6 +237,8 @@ class TcpProxy:
         upstream: str,
         metrics: FaultProxyMetrics,
         rng: random.Random | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.listen = listen
@@ -232,6 +249,12 @@ class TcpProxy:
         self.rng = rng if rng is not None else random.Random()
         self._toxics: dict[str, ToxicSpec] = {}
         self._connections: set[_Connection] = set()
+        self.max_connections = max_connections
+        self.connect_timeout_s = connect_timeout_s
+        #: accepted connections being served (connecting upstream or relaying)
+        self.active_connections = 0
+        #: connections closed at once because ``max_connections`` were open
+        self.refused_connections = 0
         #: the bound address (``host:port``) while serving
         self.address: str | None = None
 
@@ -294,10 +317,32 @@ class TcpProxy:
             await trio.aclose_forcefully(listener)
 
     async def _accepted(self, client: trio.SocketStream) -> None:
+        if self.active_connections >= self.max_connections:
+            # hostile or runaway clients must not grow the proxy without bound
+            self.refused_connections += 1
+            self.metrics.overload(self.name, UPSTREAM, "max_connections")
+            if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+                log.warning(
+                    "proxy %s: %d connections open, new ones closed (%d so far)",
+                    self.name,
+                    self.active_connections,
+                    self.refused_connections,
+                )
+            await trio.aclose_forcefully(client)
+            return
+        self.active_connections += 1
         self.metrics.connection_opened(self.name)
         try:
             try:
-                upstream = await trio.open_tcp_stream(*self._upstream_hp)
+                with trio.fail_after(self.connect_timeout_s):
+                    upstream = await trio.open_tcp_stream(*self._upstream_hp)
+            except trio.TooSlowError:
+                log.info(
+                    "proxy %s: upstream connect timed out after %.1f s",
+                    self.name,
+                    self.connect_timeout_s,
+                )
+                return
             except OSError as exc:
                 log.info("proxy %s: cannot reach the upstream: %s", self.name, exc)
                 return
@@ -308,6 +353,7 @@ class TcpProxy:
         except Exception:  # one connection never takes the proxy down
             log.exception("proxy %s: unexpected error on a connection", self.name)
         finally:
+            self.active_connections -= 1
             self.metrics.connection_closed(self.name)
             await trio.aclose_forcefully(client)
 

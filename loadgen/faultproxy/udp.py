@@ -9,6 +9,15 @@ reaches open flows at once.  A flow with no datagram either way for ``flow_idle_
 and nothing held in its toxics expires.  At most ``max_flows``
 flows are open; a new client beyond that is dropped and counted (``refused_flows``).
 
+Memory is bounded in bytes as well as in datagrams, since every source address may be
+spoofed: each flow's queue per direction holds at most 1024 datagrams and
+``max_queue_bytes`` (default :data:`MAX_QUEUE_BYTES`), and all flows together hold
+at most ``max_held_bytes`` (default :data:`MAX_HELD_BYTES`), counting both the queues
+and what the toxics hold.  A datagram beyond either bound is dropped and counted as
+overload (cause ``queue_full``).  Bytes inside the toxics are tracked from outside
+the chain (in minus out minus drops), so a ``duplicate`` toxic's copies can make the
+figure run low by up to the copies it adds; each toxic's own ``MAX_HELD`` still applies.
+
 Datagrams are opaque bytes of any size up to 65535.  Socket errors (an ICMP port
 unreachable shows as ConnectionRefusedError on a connected UDP socket) are logged and
 the proxy goes on; cancelling :meth:`UdpProxy.serve` closes every socket.
@@ -38,13 +47,23 @@ from loadgen.faultproxy.model import (
     parse_host_port,
 )
 
-__all__ = ["MAX_DATAGRAM_BYTES", "UdpProxy", "parse_udp_address"]
+__all__ = [
+    "MAX_DATAGRAM_BYTES",
+    "MAX_HELD_BYTES",
+    "MAX_QUEUE_BYTES",
+    "UdpProxy",
+    "parse_udp_address",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM_BYTES = 65535
 _RECV_BYTES = MAX_DATAGRAM_BYTES + 1
 _INBOX_DATAGRAMS = 1024  # per flow and direction; beyond, the proxy itself is overrun
+#: bytes queued per flow and direction before the toxics; beyond, dropped (queue_full)
+MAX_QUEUE_BYTES = 1024 * 1024
+#: bytes held across all flows of a proxy (queues and toxics); beyond, dropped (queue_full)
+MAX_HELD_BYTES = 64 * 1024 * 1024
 _RECV_ERROR_BACKOFF_S = 0.05
 
 
@@ -73,12 +92,17 @@ class _Flow:
     receivers: dict[str, trio.MemoryReceiveChannel[bytes | None]]
     last_activity_s: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: bytes waiting in each direction's queue, and (estimated) inside its toxics
+    queued: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
+    in_chain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
 
     def push(self, stream: str, item: bytes | None) -> bool:
         try:
             self.senders[stream].send_nowait(item)
         except trio.WouldBlock:
             return False
+        if item is not None:
+            self.queued[stream] += len(item)
         return True
 
 
@@ -95,6 +119,8 @@ class UdpProxy:
         rng: random.Random | None = None,
         flow_idle_s: float = 60.0,
         max_flows: int = 10_000,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.name = name
         self.listen = listen
@@ -105,6 +131,10 @@ class UdpProxy:
         self._rng = rng if rng is not None else random.Random()
         self.flow_idle_s = flow_idle_s
         self.max_flows = max_flows
+        self.max_queue_bytes = max_queue_bytes
+        self.max_held_bytes = max_held_bytes
+        #: bytes held across flows: in their queues and (estimated) in their toxics
+        self.held_bytes = 0
         self._toxics: dict[str, ToxicSpec] = {}
         self._flows: dict[Any, _Flow] = {}
         self._sock: trio.socket.SocketType | None = None
@@ -213,9 +243,20 @@ class UdpProxy:
             if flow is None:
                 continue
             flow.last_activity_s = trio.current_time()
-            if not flow.push(UPSTREAM, data):
-                self.overrun_drops += 1
-                self._metrics.overload(self.name, UPSTREAM, "queue_full")
+            self._enqueue(flow, UPSTREAM, data)
+
+    def _enqueue(self, flow: _Flow, stream: str, data: bytes) -> None:
+        """Queue a datagram for ``stream``'s toxics, or drop it at the proxy's own bounds."""
+        size = len(data)
+        if (
+            flow.queued[stream] + size > self.max_queue_bytes
+            or self.held_bytes + size > self.max_held_bytes
+            or not flow.push(stream, data)
+        ):
+            self.overrun_drops += 1
+            self._metrics.overload(self.name, stream, "queue_full")
+            return
+        self.held_bytes += size
 
     def _open_flow(self, client: Any) -> _Flow | None:
         if len(self._flows) >= self.max_flows:
@@ -277,6 +318,7 @@ class UdpProxy:
                 receiver.close()
             if self._flows.get(flow.client) is flow:
                 del self._flows[flow.client]
+            self.held_bytes -= sum(flow.queued.values()) + sum(flow.in_chain.values())
             self._metrics.connection_closed(self.name)
 
     async def _receive_from_upstream(self, flow: _Flow) -> None:
@@ -291,9 +333,7 @@ class UdpProxy:
                     await trio.sleep(_RECV_ERROR_BACKOFF_S)
                 continue
             flow.last_activity_s = trio.current_time()
-            if not flow.push(DOWNSTREAM, data):
-                self.overrun_drops += 1
-                self._metrics.overload(self.name, DOWNSTREAM, "queue_full")
+            self._enqueue(flow, DOWNSTREAM, data)
 
     async def _drive(self, flow: _Flow, stream: str) -> None:
         """Run one direction's toxic chain: take datagrams, wait for timers, send."""
@@ -306,19 +346,28 @@ class UdpProxy:
                 item = await inbox.receive()  # None is a wake-up after a toxic change
             now = trio.current_time()
             if item is not None:
+                # the bytes move from the queue into the toxics (held_bytes unchanged)
+                flow.queued[stream] -= len(item)
+                flow.in_chain[stream] += len(item)
                 chain.receive(item, now)
             out = chain.datagrams_to_send(now)
+            left = sum(len(d) for d in out)
             if out:
                 # leaving the toxics is activity too, or the flow could expire between
                 # a release and the answer it draws
                 flow.last_activity_s = now
             for event in chain.events():
                 if isinstance(event, DatagramDropped):
+                    left += event.size_bytes
                     self._metrics.dropped(
                         self.name, stream, event.toxic_type, event.size_bytes, datagram=True
                     )
                 elif isinstance(event, DatagramHeld):
                     self._metrics.held(self.name, stream, event.toxic_type, event.delay_s)
+            # a duplicate's copies can make more leave than came in: never below 0
+            left = min(left, flow.in_chain[stream])
+            flow.in_chain[stream] -= left
+            self.held_bytes -= left
             for datagram in out:
                 await self._send(flow, stream, datagram)
 

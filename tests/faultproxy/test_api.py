@@ -436,7 +436,6 @@ async def test_keep_alive(api: Api) -> None:
 
 
 async def test_udp_proxies_are_created_by_the_registry(api: Api) -> None:
-    pytest.importorskip("loadgen.faultproxy.udp")
     r = await api(
         "POST",
         "/proxies",

@@ -16,6 +16,7 @@ from loadgen.faultproxy.embedded import (
     BANNER_URL,
     EmbeddedFaultProxyError,
     embedded_faultproxy,
+    faultproxy_argv,
     start_faultproxy_process,
     stop_faultproxy_process,
 )
@@ -41,6 +42,7 @@ def test_help_explains() -> None:
     for needle in ("Toxiproxy", "udp://", "--dtls-port", "--config", "--seed", "8474", "latency"):
         assert needle in text, needle
     assert "--exit-with-parent" not in text
+    assert "--tag" not in text
 
 
 def test_banner_config_and_clean_stop(tmp_path: Path) -> None:
@@ -80,6 +82,25 @@ def test_sigint_stops_cleanly() -> None:
         assert proc.wait(timeout=10) == 0
     finally:
         stop_faultproxy_process(proc)
+
+
+def test_tag_marks_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With LOADGEN_LOCUST_TAG set (as the Locust tests do), the child's command line
+    carries ``--tag TAG`` so that a leftover proxy can be found; the option is ignored."""
+    monkeypatch.setenv("LOADGEN_LOCUST_TAG", "fp-tag.1")
+    assert faultproxy_argv()[-2:] == ["--tag", "fp-tag.1"]
+    proc, url = start_faultproxy_process()
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--tag") + 1] == b"fp-tag.1"
+        assert _get(url + "/proxies") == {}
+    finally:
+        stop_faultproxy_process(proc)
+    for bad in ("", "a b", "x;rm -rf", "-" * 65):
+        monkeypatch.setenv("LOADGEN_LOCUST_TAG", bad)
+        assert "--tag" not in faultproxy_argv()
+    monkeypatch.delenv("LOADGEN_LOCUST_TAG")
+    assert "--tag" not in faultproxy_argv()
 
 
 @pytest.mark.parametrize(

@@ -419,7 +419,8 @@ def test_tcp_latency_raises_the_tls_phase(
     code, report, _ = connect_json(url, gateway.ca_path, pair.dtls_port, *args)
     assert code == 0, report
     assert report["ok"] is True
-    assert report["phases"]["tls"] >= baseline_tls + 0.3
+    toxic_tls = report["phases"]["tls"]
+    assert toxic_tls >= baseline_tls + 0.3
     m = scrape(faultproxy.api_url)
     assert (
         sample(
@@ -433,8 +434,10 @@ def test_tcp_latency_raises_the_tls_phase(
     )
     assert sample(m, "loadgen_faultproxy_toxics_active", proxy=TLS_PROXY, toxic="latency") == 1
 
-    # the toxic goes: the handshake is fast again
+    # the toxic goes: the handshake is fast again.  Compared with the run under the
+    # toxic rather than with a fixed bound, so a loaded machine cannot fail it: the
+    # 300 ms are gone, less a margin for scheduling noise.
     assert pair.tls.destroy_toxic(f"latency_{stream}") is True
     code, report, _ = connect_json(url, gateway.ca_path, pair.dtls_port, *args)
     assert code == 0, report
-    assert report["phases"]["tls"] < 0.3
+    assert report["phases"]["tls"] <= toxic_tls - 0.25, (report["phases"], toxic_tls)
