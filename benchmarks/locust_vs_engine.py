@@ -8,12 +8,12 @@ gateway per run, and both are watched the same way, through the ``loadgen_*``
 metrics they serve (polled every 0.25 s):
 
 * ``engine``: ``loadgen run URL --sessions N --rate 100000 --duration D
-  --echo-interval 3``: every session due at once, one echo every 3 s each;
-* ``locust``: ``locust -f scenarios/connect.py --headless -u N -r N -t Ds``:
-  one worker process (the local runner) and its engine sidecar; each user
-  sends one echo every 2-4 s (``--vpn-echo-count 1``: the same traffic as the
-  engine's), so Locust's own greenlets and its ``events.request`` handling
-  are part of the cost.
+  --echo-interval E``: every session due at once, one echo every E s each;
+* ``locust``: ``locust -f <a VpnUser with wait_time = constant(E) and one
+  self.vpn.echo(count=1) task> --headless -u N -r N -t Ds``: one worker
+  process (the local runner) and its engine sidecar, the same traffic as the
+  engine's, so Locust's own greenlets and its ``events.request`` handling are
+  part of the cost.  E is ``--echo-every`` (default 3 s).
 
 Connect rate = N / (time from the first session started to the last one
 established).  CPU per connect counts every process of the path (Locust
@@ -108,7 +108,20 @@ def _rss_kib(pids: Callable[[], list[int]]) -> int:
     return total
 
 
-def run_path(path: str, users: int, hold_s: float) -> PathResult:
+LOCUSTFILE = """
+from locust import constant, task
+from loadgen.locust import VpnUser
+
+class Holder(VpnUser):
+    wait_time = constant({every})
+
+    @task
+    def echo(self) -> None:
+        self.vpn.echo(count=1)
+"""
+
+
+def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathResult:
     duration = 120
     with ReferenceGateway() as gw, tempfile.TemporaryDirectory(prefix="bench-lve-") as tmp:
         port = free_port()
@@ -116,12 +129,14 @@ def run_path(path: str, users: int, hold_s: float) -> PathResult:
         if path == "engine":
             argv = [sys.executable, "-m", "loadgen", "run", gw.url, "--cafile", gw.ca]
             argv += ["--sessions", str(users), "--rate", "100000", "--duration", str(duration)]
-            argv += ["--echo-interval", "3", "--metrics-port", str(port), "--no-progress"]
+            argv += ["--echo-interval", str(echo_every_s), "--metrics-port", str(port)]
+            argv += ["--no-progress"]
         else:
-            argv = [sys.executable, "-m", "locust", "-f", "scenarios/connect.py", "--headless"]
+            locustfile = Path(tmp) / "holder.py"
+            locustfile.write_text(LOCUSTFILE.format(every=echo_every_s))
+            argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless"]
             argv += ["-u", str(users), "-r", str(users), "-t", f"{duration}s", "--host", gw.url]
             argv += ["--vpn-cafile", gw.ca, "--vpn-metrics-port", str(port), "--only-summary"]
-            argv += ["--vpn-echo-count", "1"]  # one probe every 2-4 s: the engine's traffic
         with log.open("wb") as out:
             proc = children.spawn(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         try:
@@ -211,17 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=1000, help="sessions per run (default 1000)")
     p.add_argument("--hold", type=float, default=10.0, help="seconds held after all are up")
     p.add_argument("--repeat", type=int, default=3, help="runs per path (default 3)")
+    p.add_argument(
+        "--echo-every", type=float, default=3.0, help="seconds between echoes per user (3)"
+    )
     p.add_argument("--json", type=Path, help="write the raw results here")
     args = p.parse_args(argv)
     if not 1 <= args.users <= FD_BOUND:
         p.error(f"--users must be in 1..{FD_BOUND} (one process)")
     install_signal_handlers()
     print(machine_info())
+    print(f"{args.users} users, one echo every {args.echo_every:g} s each, held {args.hold:g} s")
     results: list[PathResult] = []
     try:
         for i in range(args.repeat):
             for path in ("engine", "locust"):
-                r = run_path(path, args.users, args.hold)
+                r = run_path(path, args.users, args.hold, args.echo_every)
                 print(
                     f"run {i + 1} {path}: {r.established}/{r.users} up, {r.rate:.0f}/s, "
                     f"{r.cpu_ms_per_connect:.2f} ms CPU/connect, {r.hold_cores:.3f} cores "

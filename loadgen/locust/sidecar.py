@@ -23,6 +23,7 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
@@ -104,6 +105,8 @@ class _Entry:
     disconnect_seq: int | None = None
     done: trio.Event = field(default_factory=trio.Event)
     meter: SessionMetering | None = None
+    #: the gateway's tunnel address (the echo target)
+    target: IPv4Address | None = None
 
 
 class Sidecar:
@@ -464,8 +467,10 @@ class Sidecar:
         with trio.CancelScope() as scope:
             entry.op_scope = scope
             try:
+                if entry.target is None:  # computed once: the address does not change
+                    entry.target = session.echo_target(None)
                 result = await tunnel.echo(
-                    session.echo_target(None),
+                    entry.target,
                     count=cmd.count,
                     interval_s=cmd.interval_s,
                     timeout_s=cmd.timeout_s,
