@@ -13,11 +13,13 @@ the fallbacks.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from pathlib import Path
 
+from loadgen.faultproxy.embedded import start_faultproxy_process, stop_faultproxy_process
 from loadgen.metrics.summary import parse_exposition
 from tests.helpers.locust_run import (
     PHASES,
@@ -147,3 +149,29 @@ def test_dtls_blocked_scenario(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=10)
         kill_tagged(tag)
+
+
+def test_chaos_scenario_uses_an_external_fault_proxy(tmp_path: Path) -> None:
+    """``--faultproxy URL``: the scenario creates its proxies there (and removes them
+    at the end) instead of starting a proxy of its own."""
+    proxy, api = start_faultproxy_process()
+    try:
+        prefix = tmp_path / "out"
+        proc = run_locust(
+            [
+                *["-f", "scenarios/hello_delay.py", "--headless", "-u", "2", "-r", "2"],
+                *["-t", "8s", "--csv", str(prefix), "--only-summary"],
+                *["--vpn-metrics-port", "0", "--faultproxy", api, "--delay-at", "0"],
+                *["--delay-for", "60", "--tls-delay-ms", "400", "--dtls-delay-ms", "400"],
+            ],
+            tag=new_tag("lgextfp"),
+            timeout_s=90,
+        )
+        assert "fault proxy started" not in proc.stderr
+        assert "users go through the fault proxy" in proc.stderr
+        tls = {r["Name"]: r for r in stats_rows(prefix) if r["Type"] == "connect"}["tls"]
+        assert float(tls["50%"]) >= 400, tls
+        # the proxy outlives the run, without the run's proxies
+        assert json.loads(scrape(api + "/proxies")) == {}
+    finally:
+        stop_faultproxy_process(proxy)
