@@ -9,8 +9,8 @@ metrics they serve (polled every 0.25 s):
 
 * ``engine``: ``loadgen run URL --sessions N --rate 100000 --duration D
   --echo-interval E``: every session due at once, one echo every E s each;
-* ``locust``: ``locust -f <a VpnUser with wait_time = constant(E) and one
-  self.vpn.echo(count=1) task> --headless -u N -r N -t Ds``: one worker
+* ``locust``: ``locust -f <a VpnUser with wait_time = between(2E/3, 4E/3) and
+  one self.vpn.echo(count=1) task> --headless -u N -r N -t Ds``: one worker
   process (the local runner) and its engine sidecar, the same traffic as the
   engine's, so Locust's own greenlets and its ``events.request`` handling are
   part of the cost.  E is ``--echo-every`` (default 3 s).
@@ -109,11 +109,11 @@ def _rss_kib(pids: Callable[[], list[int]]) -> int:
 
 
 LOCUSTFILE = """
-from locust import constant, task
+from locust import between, task
 from loadgen.locust import VpnUser
 
 class Holder(VpnUser):
-    wait_time = constant({every})
+    wait_time = between({low}, {high})
 
     @task
     def echo(self) -> None:
@@ -133,7 +133,11 @@ def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathR
             argv += ["--no-progress"]
         else:
             locustfile = Path(tmp) / "holder.py"
-            locustfile.write_text(LOCUSTFILE.format(every=echo_every_s))
+            # spread like scenarios/connect.py (2-4 s for 3 s): synchronised bursts would
+            # batch the work and flatter the Locust path
+            locustfile.write_text(
+                LOCUSTFILE.format(low=echo_every_s * 2 / 3, high=echo_every_s * 4 / 3)
+            )
             argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless"]
             argv += ["-u", str(users), "-r", str(users), "-t", f"{duration}s", "--host", gw.url]
             argv += ["--vpn-cafile", gw.ca, "--vpn-metrics-port", str(port), "--only-summary"]
@@ -231,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, help="write the raw results here")
     args = p.parse_args(argv)
+    if args.hold < 3 * args.echo_every:
+        p.error("--hold must span at least three echo periods (3 x --echo-every)")
     if not 1 <= args.users <= FD_BOUND:
         p.error(f"--users must be in 1..{FD_BOUND} (one process)")
     install_signal_handlers()
