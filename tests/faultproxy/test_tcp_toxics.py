@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
@@ -20,7 +22,7 @@ from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ToxicSpec
 from loadgen.faultproxy.tcp import TcpProxy
 from loadgen.faultproxy.toxics import TCP_TOXICS, check_tcp_toxic
-from loadgen.faultproxy.toxics.base import EOF, Chunk, Close
+from loadgen.faultproxy.toxics.base import EOF, Chunk, Close, item_size
 from loadgen.faultproxy.toxics.chain import ToxicChain
 from loadgen.faultproxy.toxics.slicer import SlicerToxic
 
@@ -504,3 +506,50 @@ def test_proxy_toxic_crud_errors() -> None:
         with pytest.raises(ApiError) as info:
             TcpProxy(name="p", listen=bad, upstream="127.0.0.1:9", metrics=FaultProxyMetrics())
         assert info.value.status == 400
+
+
+# -- held_bytes is kept as items move, not recounted: it must match a recount -------------
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("chunk"), st.integers(1, 3000), st.floats(0, 0.2)),
+        st.tuples(st.just("timer"), st.just(0), st.floats(0, 0.5)),
+        st.tuples(st.just("take"), st.just(0), st.just(0.0)),
+        st.tuples(st.just("reconfigure"), st.just(0), st.just(0.0)),
+        st.tuples(st.just("flush"), st.just(0), st.just(0.0)),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize(
+    "kind", ["latency", "bandwidth", "slicer", "hello_delay", "slow_close", "limit_data"]
+)
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(ops=_OPS)
+def test_held_bytes_matches_a_recount(kind: str, ops: list[tuple[str, int, float]]) -> None:
+    attrs = {
+        "latency": {"latency": 50, "jitter": 10},
+        "bandwidth": {"rate": 10},
+        "slicer": {"average_size": 100, "size_variation": 20, "delay": 1000},
+        "hello_delay": {"delay": 100},
+        "slow_close": {"delay": 100},
+        "limit_data": {"bytes": 5000},
+    }[kind]
+    spec = check_tcp_toxic(toxic(kind, **attrs))
+    t = TCP_TOXICS[kind](spec.attributes, now=0.0, rng=random.Random(3))
+    now = 0.0
+    for op, size, dt in ops:
+        now += dt
+        if op == "chunk":
+            t.receive(Chunk(data=b"x" * size, timestamp=now), now)
+        elif op == "timer":
+            t.handle_timer(now)
+        elif op == "take":
+            t.take_output()
+        elif op == "reconfigure":
+            t.reconfigure(spec.attributes, now)
+        else:
+            t.flush()
+        recount = sum(item_size(i) for i in t._out) + sum(item_size(i) for _, i in t._queue)
+        assert t.held_bytes == recount, (op, now)

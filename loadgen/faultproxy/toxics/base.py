@@ -135,6 +135,8 @@ class TcpToxic:
         self.terminal = False
         self._queue: deque[tuple[float, Item]] = deque()
         self._out: list[Item] = []
+        #: bytes in _queue and _out, kept as they move (read on every chunk the proxy reads)
+        self._held = 0
         self._last_release = float("-inf")
         self.attributes: dict[str, AttrValue] = dict(self.defaults)
         self.configure(attributes, now)
@@ -149,6 +151,7 @@ class TcpToxic:
         """An API update: Toxiproxy interrupts the toxic and restarts it with the new
         attributes, and the interrupted toxic forwards what it holds; so do we."""
         self._out = self.flush()
+        self._held = sum(map(item_size, self._out))
         self.configure(attributes, now)
 
     def receive(self, item: Item, now: float) -> None:
@@ -168,12 +171,14 @@ class TcpToxic:
 
     def take_output(self) -> list[Item]:
         out, self._out = self._out, []
+        self._held -= sum(map(item_size, out))
         return out
 
     def flush(self) -> list[Item]:
         """Everything held, in order, released now (contract rule 1)."""
         out = self.take_output() + [item for _, item in self._queue]
         self._queue.clear()
+        self._held = 0
         self._last_release = float("-inf")
         return out
 
@@ -183,7 +188,7 @@ class TcpToxic:
 
     @property
     def held_bytes(self) -> int:
-        return sum(item_size(i) for i in self._out) + sum(item_size(i) for _, i in self._queue)
+        return self._held
 
     # -- for subclasses -------------------------------------------------------------
 
@@ -196,6 +201,7 @@ class TcpToxic:
         at = max(at, self._last_release)
         self._last_release = at
         self._queue.append((at, item))
+        self._held += item_size(item)
         return at
 
     def _close(self, *, reset: bool, at: float) -> None:
