@@ -207,8 +207,6 @@ def check_files(settings: VpnSettings) -> None:
     """Read what the settings name (once, at start): ValueError with a clear message."""
     if settings.credentials_file:
         try:
-            feeder = load_credentials(settings.credentials_file)
+            load_credentials(settings.credentials_file)  # an empty file is refused too
         except FeederError as exc:
             raise ValueError(f"--vpn-credentials: {exc}") from None
-        if feeder.size == 0:
-            raise ValueError(f"--vpn-credentials: {settings.credentials_file} holds no user")
