@@ -7,7 +7,7 @@ its tunnel for the whole test with an ICMP echo burst every few seconds
 (``echo`` rows per channel), and disconnects when the test stops.  Without
 ``--host`` the embedded reference gateway on loopback is the target.
 Options (Locust prints its --help before loading this file, so they are
-listed here): --vpn-user-pattern, --vpn-password (or LOADGEN_VPN_PASSWORD),
+listed here, and by ``python -m loadgen.locust``): --vpn-user-pattern, --vpn-password (or LOADGEN_VPN_PASSWORD),
 --vpn-group, --vpn-cafile, --vpn-insecure, --vpn-no-dtls, --vpn-dtls-ciphers,
 --vpn-dtls12-ciphers, --vpn-dtls-host, --vpn-dtls-port, --vpn-echo-count,
 --vpn-echo-interval, --vpn-echo-timeout, --vpn-timeout, --vpn-metrics-port
