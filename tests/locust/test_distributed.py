@@ -126,6 +126,7 @@ def test_master_and_two_workers_split_users_and_aggregate(tmp_path: Path) -> Non
         assert procs[0].wait(timeout=90) == 0, tails()
         for p in procs[1:]:
             assert p.wait(timeout=30) == 0, tails()
+        assert json.loads(sd.read_text()) == []  # emptied when the run ended
         rows = stats_rows(prefix)
         connect = {r["Name"]: r for r in rows if r["Type"] == "connect"}
         assert sorted(connect) == sorted(PHASES), tails()
@@ -156,9 +157,13 @@ def test_processes_two_split_users_and_list_both_sidecars(tmp_path: Path) -> Non
         tag=new_tag("lgproc"),
         timeout_s=90,
     )
-    groups = json.loads(sd.read_text())
-    targets = sorted(t for g in groups for t in g["targets"])
-    assert targets == [f"127.0.0.1:{metrics_base}", f"127.0.0.1:{metrics_base + 1}"], proc.stderr
+    # each sidecar said where it served (base + worker index) ...
+    for worker in (0, 1):
+        url = f"engine sidecar {worker} metrics: http://127.0.0.1:{metrics_base + worker}/metrics"
+        assert url in proc.stderr, proc.stderr[-3000:]
+    # ... and the SD file, which listed them during the run, is emptied at the end
+    # (a stale list would read as targets down)
+    assert json.loads(sd.read_text()) == []
     rows = stats_rows(prefix)
     connect = {r["Name"]: int(r["Request Count"]) for r in rows if r["Type"] == "connect"}
     assert connect == dict.fromkeys(PHASES, 6), connect
