@@ -6,15 +6,16 @@ Each user connects once (phases tls .. dtls show as ``connect`` rows), holds
 its tunnel for the whole test with an ICMP echo burst every few seconds
 (``echo`` rows per channel), and disconnects when the test stops.  Without
 ``--host`` the embedded reference gateway on loopback is the target.
-Options (Locust prints its --help before loading this file, so they are
-listed here, and by ``python -m loadgen.locust``): --vpn-user-pattern, --vpn-password (or LOADGEN_VPN_PASSWORD),
---vpn-group, --vpn-cafile, --vpn-insecure, --vpn-no-dtls, --vpn-dtls-ciphers,
---vpn-dtls12-ciphers, --vpn-dtls-host, --vpn-dtls-port, --vpn-echo-count,
---vpn-echo-interval, --vpn-echo-timeout, --vpn-timeout, --vpn-metrics-port
-(each engine sidecar serves Prometheus metrics on this base port plus its
-worker index; default 9646, 0: off), --vpn-metrics-host, --prometheus-sd FILE
-(a Prometheus file_sd list of the sidecars).  Distributed: the same file with
---master (it starts the embedded gateway) and --worker on each worker.
+Options: ``python -m loadgen.locust`` lists the ``--vpn-*`` options (Locust
+prints its --help before loading this file): identities (--vpn-user-pattern
+or --vpn-credentials, --vpn-password or LOADGEN_VPN_PASSWORD, --vpn-group),
+TLS trust (--vpn-cafile, --vpn-servercert, --vpn-servername, --vpn-insecure),
+DTLS (--vpn-no-dtls, cipher offers, --vpn-dtls-host/--vpn-dtls-port,
+--vpn-dtls-reattempt), echo settings, and metrics (--vpn-metrics-port: each
+engine sidecar serves Prometheus metrics on this base port plus its worker
+index, default 9646, 0: off; --prometheus-sd FILE: a Prometheus file_sd list
+of the sidecars).  Distributed: the same file with --master (it starts the
+embedded gateway) and --worker on each worker.
 """
 
 from __future__ import annotations
