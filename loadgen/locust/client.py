@@ -15,6 +15,7 @@ line or exception carries it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -57,7 +58,6 @@ from loadgen.locust.protocol import (
 
 __all__ = [
     "TAG_ENV",
-    "ConnectParams",
     "GatewayInfo",
     "GatewayProcess",
     "SidecarClient",
@@ -95,26 +95,6 @@ class VpnRequestError(Exception):
         self.phase = phase
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectParams:
-    url: str
-    username: str
-    password: str = field(repr=False)
-    group: str | None = None
-    cafile: str | None = None
-    insecure: bool = False
-    servername: str | None = None
-    pin: str | None = None
-    hostname: str = "loadgen"
-    dtls: bool = True
-    dtls_ciphers: tuple[str, ...] | None = None
-    dtls12_ciphers: tuple[str, ...] | None = None
-    dtls_host: str | None = None
-    dtls_port: int | None = None
-    dtls_reattempt_s: float | None = None
-    timeout_s: float = 30.0
 
 
 @dataclass(eq=False)
@@ -309,33 +289,15 @@ class SidecarClient:
                 self._fire_request(kind, name, (bound_s + REPLY_SLACK_S) * 1000, lost)
             return None
 
-    def connect(self, sid: int, params: ConnectParams) -> Connected | None:
-        """Phases 1 to 6 for session ``sid``; events are fired as replies arrive."""
+    def connect(self, command: Connect) -> Connected | None:
+        """Phases 1 to 6 for session ``command.id`` (its ``seq`` is assigned here);
+        events are fired as replies arrive."""
 
         def build(seq: int) -> Message:
-            return Connect(
-                seq=seq,
-                id=sid,
-                url=params.url,
-                username=params.username,
-                password=params.password,
-                group=params.group,
-                cafile=params.cafile,
-                insecure=params.insecure,
-                servername=params.servername,
-                pin=params.pin,
-                hostname=params.hostname,
-                dtls=params.dtls,
-                dtls_ciphers=params.dtls_ciphers,
-                dtls12_ciphers=params.dtls12_ciphers,
-                dtls_host=params.dtls_host,
-                dtls_port=params.dtls_port,
-                dtls_reattempt_s=params.dtls_reattempt_s,
-                timeout_s=params.timeout_s,
-            )
+            return dataclasses.replace(command, seq=seq)
 
         # phases 1 to 5, each bounded, then DTLS (at most its 31 s schedule)
-        reply = self._request(build, "connect", sid, params.timeout_s * 5 + 31.0)
+        reply = self._request(build, "connect", command.id, command.timeout_s * 5 + 31.0)
         return reply if isinstance(reply, Connected) else None
 
     def echo(

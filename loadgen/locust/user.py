@@ -43,13 +43,12 @@ from loadgen.engine.feeder import (
 )
 from loadgen.locust import discovery
 from loadgen.locust.client import (
-    ConnectParams,
     GatewayProcess,
     SidecarClient,
     SidecarError,
     VpnRequestError,
 )
-from loadgen.locust.protocol import EchoCompleted, TunnelEnded
+from loadgen.locust.protocol import Connect, EchoCompleted, TunnelEnded
 from loadgen.locust.settings import VpnSettings, add_options, check_files, settings_for
 
 __all__ = ["IDENTITIES_PER_PROCESS", "VpnConnection", "VpnSettings", "VpnUser"]
@@ -296,7 +295,9 @@ class VpnConnection:
         sid = next(_PROCESS.ids)
         self._sid, self._creds, self._sidecar = sid, creds, sidecar
         sidecar.on_tunnel_ended[sid] = self._ended
-        params = ConnectParams(
+        command = Connect(
+            seq=0,  # the client assigns it
+            id=sid,
             url=url,
             username=creds.username,
             # a credentials file brings its own passwords; the pattern uses --vpn-password
@@ -316,7 +317,7 @@ class VpnConnection:
             timeout_s=settings.timeout_s,
         )
         try:
-            reply = sidecar.connect(sid, params)
+            reply = sidecar.connect(command)
         except SidecarError as exc:
             self._forget()
             self._sidecar_failed(exc)
