@@ -190,7 +190,8 @@ _CACHE_MAX = 64
 def settings_for(options: Any) -> VpnSettings:
     """``VpnSettings.from_options``, computed once per distinct set of values."""
     values = vars(options) if options is not None else {}
-    key = tuple(sorted((k, v) for k, v in values.items() if k.startswith("vpn_")))
+    # no sort: a namespace keeps its order; another order only costs one cache entry
+    key = tuple((k, v) for k, v in values.items() if k.startswith("vpn_"))
     try:
         found = _CACHE.get(key)
     except TypeError:  # an unhashable value: no caching
