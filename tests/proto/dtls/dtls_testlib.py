@@ -17,7 +17,8 @@ from loadgen.proto.dtls import (
 )
 from loadgen.proto.dtls.ciphers import CipherSpec
 
-VECTORS_PATH = Path("/work/shared/docs/protocol-test-vectors.json")
+#: Captured openconnect 9.01 <-> ocserv 1.1.6 handshakes (docs/protocol.md §10.2), vendored here.
+VECTORS_PATH = Path(__file__).parent / "vectors" / "protocol-test-vectors.json"
 MASTER_KEY = "X-DTLS-Master-Secret (48 bytes, also the TLS master_secret)"
 
 

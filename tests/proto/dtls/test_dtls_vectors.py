@@ -1,7 +1,7 @@
 """Known-answer tests from captured openconnect 9.01 <-> ocserv 1.1.6 exchanges.
 
-Vectors: shared/docs/protocol-test-vectors.json (and protocol.md §10.1 for the
-DTLS 0.9 literals repeated below).
+Vectors: vectors/protocol-test-vectors.json beside this file (docs/protocol.md §10.2), and
+docs/protocol.md §10.1 for the DTLS 0.9 literals repeated below.
 """
 
 from __future__ import annotations
