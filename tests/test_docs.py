@@ -31,7 +31,7 @@ _SECTION = re.compile(r"§(\d+(?:\.\d+)*)(?:\s*[-\u2013]\s*(\d+(?:\.\d+)*))?")
 _SECTION_WORDS = re.compile(r"protocol\.md,?\s+(?:section\s+)?(\d+(?:\.\d+)*)")
 #: ``RFC 6347 §4.2.1`` or ``RFC 6347 / RFC 5246 §6.2.3``: another document's section.
 _RFC_BEFORE = re.compile(r"RFC\s*\d+(?:\s*(?:/|,|and)\s*RFC\s*\d+)*\s*$")
-#: ``(architecture.md, Metrics)``, ``architecture.md, "Locust and trio: ..."``, ``(architecture.md (Metrics)``.
+#: ``(architecture.md, Metrics)``, ``architecture.md, "Locust and trio: ..."``, ``architecture.md (Metrics)``.
 _ARCH_REF = re.compile(r"architecture\.md(?:,|\s*\()\s*(?:#\s*)?\"?([A-Za-z][^\",).:\n]*)")
 #: A repository path inside backticks in a document.
 _REPO_PATH = re.compile(
@@ -39,13 +39,15 @@ _REPO_PATH = re.compile(
 )
 #: Paths protocol.md names inside other projects (openconnect's tests, §13).
 _FOREIGN_PATHS = {"tests/bad_dtls_test.c", "tests/fake-cisco-server.py"}
+#: A numbered heading: ``## 7. DTLS`` is section 7, ``### 7.4 Legacy ...`` section 7.4.
+_HEADING_NUMBER = re.compile(r"^#{2,4}\s+(\d+(?:\.\d+)*)\.?\s", re.M)
 #: Where the team's notes lived before the repository carried its own copies.
 OUTSIDE_MARKERS = ("/work/", "../shared", "shared/docs", "shared/seed")
 
 
 def protocol_sections(text: str) -> set[str]:
     """The numbers of the headings of protocol.md (``## 7.`` gives ``7``, ``### 7.4`` ``7.4``)."""
-    return {m.group(1) for m in re.finditer(r"^#{2,4}\s+(\d+(?:\.\d+)*)\.?\s", text, re.M)}
+    return set(_HEADING_NUMBER.findall(text))
 
 
 def heading_titles(text: str) -> list[str]:
@@ -144,7 +146,7 @@ def test_documents_are_in_the_repository() -> None:
 
 def test_protocol_headings_are_unique() -> None:
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
-    numbers = re.findall(r"^#{2,4}\s+(\d+(?:\.\d+)*)\.?\s", text, re.M)
+    numbers = _HEADING_NUMBER.findall(text)
     assert len(numbers) == len(set(numbers)), sorted(n for n in numbers if numbers.count(n) > 1)
     # The sections the code cites most; a renumbering would show here first.
     assert {"0", "2.6", "4.1", "5.3", "7.1", "7.4", "7.9", "11.1", "11.11", "13"} <= set(numbers)
