@@ -45,8 +45,8 @@ from loadgen.proto.dtls.session import (
     DtlsSession,
     Role,
     SessionLookup,
-    State,
 )
+from loadgen.proto.dtls.states import State
 
 __all__ = [
     "DEFAULT_RETRANSMIT_SCHEDULE_S",

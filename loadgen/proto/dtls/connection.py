@@ -3,6 +3,8 @@
 Driver contract (aioquic style, style.md): the caller feeds datagrams and
 ``now``, drains ``datagrams_to_send``, arms a timer from ``get_timer`` and
 reads events from ``next_event``.  No clock, no sockets, randomness injected.
+Every change of state goes through the table in ``states.py``; a call in the
+wrong state raises ``LocalProtocolError`` naming role, state and trigger.
 
 Abbreviated handshake (§7.2)::
 
@@ -57,8 +59,8 @@ from loadgen.proto.dtls.session import (
     DtlsSession,
     Role,
     SessionLookup,
-    State,
 )
+from loadgen.proto.dtls.states import INITIAL_STATE, RETRANSMITTING, State, Trigger, next_state
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
 
 __all__ = ["DtlsConnection"]
@@ -80,11 +82,9 @@ _EPOCH1 = 1 << 48
 
 #: (content type, epoch, payload) per record; a flight is a list of datagrams
 _Datagram = list[tuple[int, int, bytes]]
-
-
-_RETRANSMITTING = frozenset(
-    (State.WAIT_SERVER_HELLO, State.WAIT_SERVER_FINISHED, State.WAIT_CLIENT_FINISHED)
-)
+#: the per-record paths test these by identity (cheaper than the table lookup) and
+#: consult the table only to raise; test_dtls_states checks they agree with it
+_IDLE, _CLOSED, _ESTABLISHED = State.IDLE, State.CLOSED, State.ESTABLISHED
 
 
 class DtlsConnection:
@@ -131,7 +131,7 @@ class DtlsConnection:
             raise LocalProtocolError("never extended_master_secret or encrypt_then_mac (§7.4)")
         self._hello_extensions = hello_extensions
         self._schedule = schedule
-        self._state = State.IDLE if role is Role.CLIENT else State.WAIT_CLIENT_HELLO
+        self._state = INITIAL_STATE[role]
         self._version = session.cipher.version if session else DTLS1_2
         self._events: deque[DtlsEvent] = deque()
         self._outbox: list[bytes] = []
@@ -165,6 +165,9 @@ class DtlsConnection:
     def state(self) -> State:
         return self._state
 
+    def _transition(self, trigger: Trigger) -> None:
+        self._state = next_state(self.role, self._state, trigger)
+
     @property
     def session(self) -> DtlsSession | None:
         """The session being resumed (for a server: known once a ClientHello was accepted)."""
@@ -177,8 +180,7 @@ class DtlsConnection:
 
     def connect(self, now: float) -> None:
         """Client: send the ClientHello and start the retransmission schedule."""
-        if self.role is not Role.CLIENT or self._state is not State.IDLE:
-            raise LocalProtocolError(f"connect() in role {self.role.value}, state {self._state}")
+        new_state = next_state(self.role, self._state, Trigger.CONNECT)  # raises first
         assert self._session is not None
         random = self._random(32)
         if len(random) != 32 or not any(random):
@@ -191,7 +193,7 @@ class DtlsConnection:
             cipher_suites=(spec.code,),
             extensions=self._client_extensions(spec.version),
         )
-        self._state = State.WAIT_SERVER_HELLO
+        self._state = new_state
         self._send_client_hello()
         self._start_flight_timer(now)
 
@@ -202,10 +204,11 @@ class DtlsConnection:
         return None if version == DTLS0_9 else ((hs.EXT_RENEGOTIATION_INFO, b"\x00"),)
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        if self._state is State.IDLE:
-            raise LocalProtocolError("receive_datagram() before connect()")
-        if self._state is State.CLOSED:
+        state = self._state
+        if state is _CLOSED:
             return
+        if state is _IDLE:
+            self._transition(Trigger.RECEIVE)  # not in the table: raises
         try:
             for record in iter_records_untrusted(data):
                 self._handle_record(record, now)
@@ -215,7 +218,7 @@ class DtlsConnection:
             self.counters.datagrams_undecodable += 1
 
     def _closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _CLOSED
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self._resend_pending:
@@ -229,7 +232,7 @@ class DtlsConnection:
         return out
 
     def get_timer(self) -> float | None:
-        if self._state not in _RETRANSMITTING:
+        if self._state not in RETRANSMITTING:
             return None
         return self._flight_start + self._schedule[self._tx_index]
 
@@ -243,7 +246,7 @@ class DtlsConnection:
         last = len(self._schedule) - 1
         if now >= start + self._schedule[last]:
             self._flight = []
-            self._state = State.CLOSED
+            self._transition(Trigger.TIME_OUT)
             self._events.append(HandshakeTimedOut(retransmits=self.counters.retransmits))
             return
         while self._tx_index < last and start + self._schedule[self._tx_index] <= now:
@@ -256,9 +259,10 @@ class DtlsConnection:
 
     def send_application_data(self, payload: bytes) -> None:
         """Queue one record; ``payload`` is already framed (type byte + packet, §7.7)."""
+        if self._state is not _ESTABLISHED:
+            self._transition(Trigger.SEND_APPLICATION_DATA)  # not in the table: raises
         writer = self._writer
-        if self._state is not State.ESTABLISHED or writer is None:
-            raise LocalProtocolError(f"send_application_data() in state {self._state}")
+        assert writer is not None  # set before the state can be ESTABLISHED
         if len(payload) > MAX_PLAINTEXT_LEN:
             raise LocalProtocolError(f"DTLS plaintext of {len(payload)} bytes > 16384")
         seq = self._write_seq1
@@ -307,7 +311,7 @@ class DtlsConnection:
         if epoch == 1:
             reader = self._reader
             if reader is None:
-                if self._state in _RETRANSMITTING and len(self._future) < MAX_BUFFERED_RECORDS:
+                if self._state in RETRANSMITTING and len(self._future) < MAX_BUFFERED_RECORDS:
                     self._future.append(record)
                 else:
                     counters.records_dropped_unexpected += 1
@@ -397,7 +401,7 @@ class DtlsConnection:
             self._terminate(ConnectionTerminated(error=error, by_peer=True))
 
     def _terminate(self, event: ConnectionTerminated) -> None:
-        self._state = State.CLOSED
+        self._transition(Trigger.TERMINATE)
         self._flight = []
         self._future = []
         self._events.append(event)
@@ -499,7 +503,7 @@ class DtlsConnection:
             client=True,
             random_bytes=self._random,
         )
-        self._state = State.WAIT_SERVER_FINISHED
+        self._transition(Trigger.ACCEPT_SERVER_HELLO)
         if self._early_ccs:
             self._activate_read(now)
 
@@ -521,7 +525,7 @@ class DtlsConnection:
 
     def _complete(self) -> None:
         assert self._session is not None
-        self._state = State.ESTABLISHED
+        self._transition(Trigger.VERIFY_FINISHED)
         self._transcript = []
         self._events.append(
             HandshakeCompleted(
@@ -588,7 +592,7 @@ class DtlsConnection:
             [(_CCS, 0, ccs)],
             [(_HANDSHAKE, 1, finished)],
         ]
-        self._state = State.WAIT_CLIENT_FINISHED
+        self._transition(Trigger.ACCEPT_CLIENT_HELLO)
         self._start_flight_timer(now)
 
     def _server_on_finished(self, verify_data: bytes, mseq: int) -> None:

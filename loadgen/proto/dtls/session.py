@@ -1,4 +1,7 @@
-"""Session parameters, roles, states and counters of a DTLS association (protocol.md §7.2)."""
+"""Session parameters, roles and counters of a DTLS association (protocol.md §7.2).
+
+The states and their transition table are in ``states.py``.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ __all__ = [
     "DtlsSession",
     "Role",
     "SessionLookup",
-    "State",
 ]
 
 #: Send at 0, 1, 3, 7, 15 s, give up at 31 s: the seed's AnyConnect back-off
@@ -27,16 +29,6 @@ DEFAULT_RETRANSMIT_SCHEDULE_S: tuple[float, ...] = (0.0, 1.0, 3.0, 7.0, 15.0, 31
 class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
-
-
-class State(enum.Enum):
-    IDLE = "idle"
-    WAIT_SERVER_HELLO = "wait_server_hello"
-    WAIT_SERVER_FINISHED = "wait_server_finished"
-    WAIT_CLIENT_HELLO = "wait_client_hello"
-    WAIT_CLIENT_FINISHED = "wait_client_finished"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, kw_only=True)
