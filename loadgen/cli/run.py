@@ -326,7 +326,7 @@ def _swarm_config(
         base=base,
         duration_s=args.duration,
         session_length=length.sample,
-        echo_interval_s=args.echo_interval,
+        echo_every_s=args.echo_interval,
         echo_timeout_s=args.echo_timeout,
         echo_payload_bytes=args.echo_size,
         echo_burst=args.echo_burst,

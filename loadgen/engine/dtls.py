@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import trio
 
 from loadgen.failures import FallbackReason
+from loadgen.options import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER
 from loadgen.proto import cstp
 from loadgen.proto.dtls import (
     DEFAULT_RETRANSMIT_SCHEDULE_S,
@@ -45,22 +47,11 @@ __all__ = [
     "DtlsChannel",
     "DtlsOptions",
     "DtlsState",
-    "offer",
     "open_udp",
 ]
 
-#: Legacy names we implement, best first (X-DTLS-CipherSuite, protocol.md §7.3).
-#: No PSK-NEGOTIATE: it needs a TLS exporter that the ssl module lacks.
-DEFAULT_DTLS_OFFER = ("OC-DTLS1_2-AES256-GCM", "OC-DTLS1_2-AES128-GCM", "AES256-SHA", "AES128-SHA")
-#: What AnyConnect offers for DTLS 1.2 (X-DTLS12-CipherSuite), minus DHE.
-DEFAULT_DTLS12_OFFER = (
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-GCM-SHA256",
-    "AES256-SHA",
-    "AES128-SHA",
-)
+log = logging.getLogger("loadgen.engine")
+
 RECEIVE_BYTES = 65536
 #: a connected UDP socket reports ICMP errors (port/host/net unreachable) and
 #: local firewall rejections through these
@@ -82,17 +73,6 @@ class DtlsOptions:
     #: send DTLS here instead of the gateway's host and X-DTLS-Port (fault proxies)
     host: str | None = None
     port: int | None = None
-
-
-def offer(
-    ciphers: tuple[str, ...] | None, ciphers12: tuple[str, ...] | None, **rest: Any
-) -> DtlsOptions:
-    """DtlsOptions for the two offers as a user gave them: neither given means
-    both default offers, as AnyConnect sends; one given alone means the other
-    header is not sent."""
-    if ciphers is None and ciphers12 is None:
-        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
-    return DtlsOptions(ciphers=ciphers, ciphers12=ciphers12, **rest)
 
 
 class DtlsState(enum.StrEnum):
@@ -251,6 +231,7 @@ class DtlsChannel:
 
     def fail_internal(self, exc: BaseException) -> None:
         """Our own bug ended the channel: stay on CSTP and say so in the report."""
+        log.error("DTLS channel: unexpected error", exc_info=exc)
         self.report.error = f"internal error: {type(exc).__name__}"
         self._fall_back(FallbackReason.PROTOCOL)
         self._close_socket()
@@ -480,3 +461,12 @@ class DtlsChannel:
             await done.wait()
         self._dpd_waiters.pop(payload, None)
         return out[0] if out else None
+
+
+def offer(
+    ciphers: tuple[str, ...] | None, ciphers12: tuple[str, ...] | None, **rest: Any
+) -> DtlsOptions:
+    """Transitional (removed when the option table is wired in)."""
+    if ciphers is None and ciphers12 is None:
+        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
+    return DtlsOptions(ciphers=ciphers, ciphers12=ciphers12, **rest)

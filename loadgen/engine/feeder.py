@@ -32,6 +32,7 @@ __all__ = [
     "IdentityPool",
     "ListFeeder",
     "PatternFeeder",
+    "check_user_pattern",
     "load_credentials",
     "new_run_id",
     "parse_credentials_text",
@@ -191,6 +192,12 @@ class ListFeeder(IdentityFeeder):
 
     def _get(self, index: int) -> Credentials:
         return self._items[index]
+
+
+def check_user_pattern(pattern: str, *, need_n: bool = True) -> None:
+    """FeederError unless ``pattern`` is a user name pattern: ``{n}`` is the only
+    field, and is there when ``need_n`` (many sessions need unique users)."""
+    _check_pattern(pattern, "username" if need_n else "user name")
 
 
 def _check_pattern(pattern: str, what: str) -> None:

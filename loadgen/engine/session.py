@@ -9,7 +9,6 @@ never reach a message.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 import ssl
@@ -26,6 +25,7 @@ from loadgen.engine.tls import TlsOptions
 from loadgen.engine.transport import HttpChannel, open_tls, transport_failure
 from loadgen.engine.url import GatewayUrl
 from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.options import DEFAULT_USER_AGENT, DownloadMode
 from loadgen.proto import auth
 from loadgen.proto.cstp import DisconnectReason
 from loadgen.proto.errors import (
@@ -47,16 +47,6 @@ __all__ = [
     "open_session",
     "translate",
 ]
-
-#: An AnyConnect-looking agent gets the same treatment from ASA and ocserv (§2.2).
-DEFAULT_USER_AGENT = "AnyConnect Linux_64 4.10.07061"
-
-
-class DownloadMode(enum.StrEnum):
-    #: a second TLS connection, as AnyConnect's downloader does (seed, phase 4)
-    NEW_CONNECTION = "new-connection"
-    SAME_CONNECTION = "same-connection"
-    OFF = "off"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +121,8 @@ class VpnSession:
         self._token: str | None = None
         self._complete: auth.AuthComplete | None = None
         self._main: HttpChannel | None = None
+        #: the phase in progress, or the last one reached: where a failure happened
+        self.phase = Phase.TLS
 
     async def aclose(self) -> None:
         """Stop the tunnel tasks and close the connection (no DISCONNECT)."""
@@ -139,19 +131,19 @@ class VpnSession:
             self.tunnel = None
         await self._close_main()
 
-    @property
-    def has_cookie(self) -> bool:
-        return self._token is not None
-
     # -- phases 1 to 5 ------------------------------------------------------
 
     async def connect(self) -> TunnelParams:
         """Run phases 1 to 5 and start the tunnel; DTLS (phase 6) starts in the
         background: ``wait_dtls`` waits for its outcome."""
+        self.phase = Phase.TLS
         await self._phase_tls()
         await self._phases_auth()
+        self.phase = Phase.DOWNLOAD
         await self._phase_download()
-        return await self._phase_cstp_connect(self._main)
+        params = await self._phase_cstp_connect(self._main)
+        self.phase = Phase.DTLS
+        return params
 
     async def reconnect(self) -> TunnelParams:
         """New TLS connection and CONNECT with the cookie we hold (no auth)."""
@@ -162,7 +154,9 @@ class VpnSession:
             self.tunnel = None
         await self._close_main()
         self.phases.pop(Phase.CSTP_CONNECT, None)
-        return await self._phase_cstp_connect(None)
+        params = await self._phase_cstp_connect(None)
+        self.phase = Phase.DTLS
+        return params
 
     async def _phase_tls(self) -> None:
         start = trio.current_time()
@@ -203,13 +197,14 @@ class VpnSession:
             group=self.cfg.group,
         )
         request: auth.AuthRequest | auth.AuthComplete = flow.start()
-        phase = Phase(flow.phase)
+        phase = self.phase = Phase(flow.phase)
         started = trio.current_time()
         while isinstance(request, auth.AuthRequest):
             now = trio.current_time()
             if Phase(flow.phase) is not phase:
                 self.phases[phase] = now - started
                 phase, started = Phase(flow.phase), now
+                self.phase = phase
             with trio.move_on_at(started + self.cfg.timeout_s) as scope:
                 resp = await self._main.request(
                     phase, "POST", request.path, self._headers(xml=True), request.body
@@ -331,6 +326,7 @@ class VpnSession:
     # -- phase 5 --------------------------------------------------------------
 
     async def _phase_cstp_connect(self, reuse: HttpChannel | None) -> TunnelParams:
+        self.phase = Phase.CSTP_CONNECT
         start = trio.current_time()
         with trio.move_on_after(self.cfg.timeout_s) as scope:
             channel, resp = await self._send_connect(reuse)
@@ -375,6 +371,7 @@ class VpnSession:
         dtls = self.tunnel.dtls
         if dtls is not None and dtls.up and dtls.handshake_s is not None:
             self.phases[Phase.DTLS] = dtls.handshake_s
+        self.phase = Phase.TUNNEL
 
     async def _send_connect(self, reuse: HttpChannel | None) -> tuple[HttpChannel, HttpResponse]:
         """CONNECT on the auth connection when it is still usable, else on a new one."""

@@ -14,15 +14,19 @@ import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
 import trio
 
-from loadgen.engine.echo import EchoResult
-from loadgen.engine.meter import DtlsChannelLike, TunnelMeter
+from loadgen.engine.runner import (
+    RunnerMetrics,
+    RunnerSession,
+    RunnerTunnel,
+    SessionFactory,
+    SessionRunner,
+)
 from loadgen.engine.session import SessionConfig, open_session
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
@@ -55,69 +59,10 @@ class Schedule(Protocol):
     def next_start(self, now: float, active: int) -> float | None: ...
 
 
-class SwarmMetrics(Protocol):
-    """What the swarm reports; ``loadgen.metrics.client.ClientMetrics`` fits."""
-
-    def observe_phase(self, phase: str, seconds: float) -> None: ...
-    def failure(self, phase: str, reason: str) -> None: ...
-    def session_started(self) -> None: ...
-    def session_outcome(self, outcome: str) -> None: ...
-    def channel_change(self, old: str | None, new: str | None) -> None: ...
-    def dtls_attempt(self) -> None: ...
-    def dtls_fallback(self, reason: str) -> None: ...
-    def dtls_retransmits(self, n: int) -> None: ...
-    def echo(self, channel: str, rtt_s: float | None) -> None: ...
-    def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
-    def reconnect(self, seconds: float) -> None: ...
-    def session_final_channel(self, channel: str) -> None: ...
-
-
-class SwarmTunnel(Protocol):
-    """What the swarm uses of a tunnel (``loadgen.engine.datapath.DataPath``)."""
-
-    #: called with (old, new) channel names when data moves between CSTP and DTLS
-    on_channel: Callable[[str, str], None] | None
-    #: called once when the tunnel ends
-    on_end: Callable[[], None] | None
-
-    @property
-    def channel(self) -> str: ...
-    @property
-    def ended(self) -> SessionFailedError | None: ...
-    @property
-    def dtls(self) -> DtlsChannelLike | None: ...
-    def traffic(self) -> dict[str, tuple[int, int, int, int]]: ...
-    async def echo(
-        self,
-        target: IPv4Address,
-        *,
-        count: int,
-        interval_s: float,
-        timeout_s: float,
-        payload_bytes: int = 56,
-        udp: bool = False,
-    ) -> EchoResult: ...
-
-
-class SwarmSession(Protocol):
-    """What the swarm uses of a session (``loadgen.engine.session.VpnSession``)."""
-
-    phases: dict[Phase, float]
-
-    @property
-    def tunnel(self) -> SwarmTunnel | None: ...
-    async def connect(self) -> object: ...
-    async def reconnect(self) -> object: ...
-    async def wait_dtls(self) -> None: ...
-    async def aclose(self) -> None: ...
-    async def disconnect(self, reason: DisconnectReason | None = ...) -> None: ...
-    def echo_target(self, override: IPv4Address | None) -> IPv4Address: ...
-
-
-#: ``open_session``'s signature: the session lives inside the context
-SessionFactory = Callable[
-    [SessionConfig, ssl.SSLContext], AbstractAsyncContextManager[SwarmSession]
-]
+#: what the swarm reports and uses of sessions and tunnels: the runner's contracts
+SwarmMetrics = RunnerMetrics
+SwarmSession = RunnerSession
+SwarmTunnel = RunnerTunnel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,11 +83,15 @@ class SwarmConfig:
     duration_s: float
     #: seconds a session holds its tunnel; None: until the run ends
     session_length: Callable[[random.Random], float | None] = lambda rng: None
-    echo_interval_s: float = 0.0
+    #: seconds between a session's echo bursts (0: none)
+    echo_every_s: float = 0.0
     echo_timeout_s: float = 2.0
     echo_payload_bytes: int = 56
-    #: echo requests per interval (bursts for throughput)
+    #: echo requests per burst (bursts for throughput) and their spacing
     echo_burst: int = 1
+    echo_spacing_s: float = 0.0
+    #: None: the gateway's tunnel address
+    echo_target: IPv4Address | None = None
     #: UDP echo (port 7) instead of ICMP echo
     echo_udp: bool = False
     #: extra pause after each echo (a user's think time); None: none
@@ -213,19 +162,78 @@ class _StartBucket:
             self._tokens -= 1.0
 
 
-class _SessionTrace:
-    """One session's state in the swarm, and the deltas already pushed to the metrics."""
+class _Counting:
+    """The metrics, with the live figures of ``SwarmStats`` kept from the same calls."""
 
-    __slots__ = ("channel", "data_channel", "done", "meter")
+    def __init__(self, metrics: RunnerMetrics, stats: SwarmStats) -> None:
+        self._m = metrics
+        self._st = stats
 
-    def __init__(self) -> None:
-        self.meter = TunnelMeter()
-        #: where the session counts as active: "connecting", a data channel, None
-        self.channel: str | None = None
-        #: the last data channel it was on (None: never established)
-        self.data_channel: str | None = None
-        #: an outcome (closed or failed) is recorded
-        self.done = False
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        self._m.observe_phase(phase, seconds)
+        if phase == Phase.CONNECT:
+            self._st.connect_times.append(seconds)
+            self._st.keep_recent()
+
+    def failure(self, phase: str, reason: str) -> None:
+        self._m.failure(phase, reason)
+        label = f"{phase}/{reason}"
+        self._st.failures[label] = self._st.failures.get(label, 0) + 1
+
+    def session_started(self) -> None:
+        self._m.session_started()
+        self._st.started += 1
+
+    def session_outcome(self, outcome: str) -> None:
+        self._m.session_outcome(outcome)
+        st = self._st
+        if outcome == "established":
+            st.established += 1
+        elif outcome == "failed":
+            st.failed += 1
+        elif outcome == "closed":
+            st.closed += 1
+
+    def channel_change(self, old: str | None, new: str | None) -> None:
+        self._m.channel_change(old, new)
+        st = self._st
+        if old == "connecting":
+            st.connecting -= 1
+        elif old is not None:
+            st.active[old] -= 1
+        if new == "connecting":
+            st.connecting += 1
+        elif new is not None:
+            st.active[new] += 1
+
+    def dtls_attempt(self) -> None:
+        self._m.dtls_attempt()
+        self._st.dtls_attempted += 1
+
+    def dtls_fallback(self, reason: str) -> None:
+        self._m.dtls_fallback(reason)
+        self._st.dtls_fallbacks += 1
+
+    def dtls_retransmits(self, n: int) -> None:
+        self._m.dtls_retransmits(n)
+
+    def echo(self, channel: str, rtt_s: float | None) -> None:
+        self._m.echo(channel, rtt_s)
+        st = self._st
+        st.echo_sent += 1
+        if rtt_s is not None:
+            st.echo_received += 1
+            st.echo_rtts.append(rtt_s)
+
+    def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None:
+        self._m.traffic(channel, direction, packets, bytes_)
+
+    def reconnect(self, seconds: float) -> None:
+        self._m.reconnect(seconds)
+        self._st.reconnects += 1
+
+    def session_final_channel(self, channel: str) -> None:
+        self._m.session_final_channel(channel)
 
 
 class Swarm:
@@ -251,6 +259,7 @@ class Swarm:
         self._source_ips = source_ips
         self._rng = random.Random(config.seed)
         self.stats = SwarmStats()
+        self._counting = _Counting(metrics, self.stats)
         self._active = 0
         self._stop = trio.Event()
         self._storm = trio.Event()
@@ -352,105 +361,43 @@ class Swarm:
             source_ip=source or self.config.base.source_ip,
         )
 
-    def _move(self, trace: _SessionTrace, new: str | None) -> None:
-        """The session now counts as ``new`` (connecting, cstp, dtls; None: over)."""
-        old = trace.channel
-        if old == new:
-            return
-        st = self.stats
-        self.metrics.channel_change(old, new)
-        if old == "connecting":
-            st.connecting -= 1
-        elif old is not None:
-            st.active[old] -= 1
-        if new == "connecting":
-            st.connecting += 1
-        elif new is not None:
-            st.active[new] += 1
-            trace.data_channel = new
-        trace.channel = new
-
-    def _follow(self, tunnel: SwarmTunnel, trace: _SessionTrace) -> None:
-        """Count the session on ``tunnel``'s channel, now and when it moves."""
-        self._move(trace, tunnel.channel)
-
-        def moved(old: str, new: str) -> None:
-            del old
-            self._move(trace, new)
-
-        tunnel.on_channel = moved
-
     async def _user(self, index: int, scheduled: float) -> None:
-        m = self.metrics
-        self.stats.started += 1
-        m.session_started()
-        trace = _SessionTrace()
-        self._move(trace, "connecting")
+        runner = SessionRunner(self._counting, name=index, session_factory=self._open_session)
         ident: Identity | None = None
+        cut = trio.CancelScope()
         try:
-            ident = self._identities(index)
-            cfg = self._session_config(ident)
-        except Exception as exc:  # e.g. every identity is in use
-            log.warning("session %d: no identity: %s", index, exc)
-            self._failed(
-                SessionFailedError(Phase.CONNECT, Reason.RESOURCE, f"no identity: {exc}"),
-                None,
-                trace,
-            )
-            self._ended(trace, None)
-            return
-        try:
+            try:
+                ident = self._identities(index)
+                cfg = self._session_config(ident)
+            except Exception as exc:  # e.g. every identity is in use
+                log.warning("session %d: no identity: %s", index, exc)
+                runner.refuse(
+                    SessionFailedError(Phase.CONNECT, Reason.RESOURCE, f"no identity: {exc}")
+                )
+                return
             length = self.config.session_length(self._rng)
-            async with self._open_session(cfg, self._ctx) as session:
-                try:
-                    await self._cut_at_stop(session, self._connect(session, scheduled, trace))
-                    tunnel = session.tunnel
-                    assert tunnel is not None
-                    self._follow(tunnel, trace)
-                    await self._hold(session, self._deadline(length), trace)
-                    self._push(session, trace)
-                    if trace.data_channel is not None:
-                        m.session_final_channel(trace.data_channel)
-                    await self._leave(session)
-                    trace.done = True
-                    m.session_outcome("closed")
-                    self.stats.closed += 1
-                except SessionFailedError as exc:
-                    self._failed(exc, session, trace)
-                except Exception as exc:  # a bug fails this session only
-                    log.exception("session %d: unexpected error", index)
-                    self._failed(_internal(exc, trace), session, trace)
-        except Exception as exc:  # raised while opening or closing the session
-            if trace.done:
-                log.warning("session %d: error after its end: %r", index, exc)
-            else:
-                log.exception("session %d: unexpected error", index)
-                self._failed(_internal(exc, trace), None, trace)
+
+            async def serve(session: SwarmSession) -> None:
+                self._cuttable.discard(cut)  # up: from now on the session leaves by itself
+                await self._hold(runner, session, self._deadline(length))
+
+            # a connect in progress is cut when the stop grace has run out
+            self._cuttable.add(cut)
+            await runner.run(
+                cfg,
+                self._ctx,
+                serve,
+                started_at=scheduled,
+                cut=cut,
+                leave=DisconnectReason.USER if self.config.logout else None,
+                leave_s=self.config.stop_grace_s,
+            )
         finally:
-            self._ended(trace, ident)
-
-    def _ended(self, trace: _SessionTrace, ident: Identity | None) -> None:
-        self._move(trace, None)
-        if ident is not None and self._release_identity is not None:
-            self._release_identity(ident)  # before a replacement asks for one
-        self._active -= 1
-        self._changed.set()
-
-    def _failed(
-        self, exc: SessionFailedError, session: SwarmSession | None, trace: _SessionTrace
-    ) -> None:
-        st = self.stats
-        label = exc.label
-        st.failures[label] = st.failures.get(label, 0) + 1
-        st.failed += 1
-        trace.done = True
-        self.metrics.failure(str(exc.phase), str(exc.reason))
-        self.metrics.session_outcome("failed")
-        if session is not None:
-            self._push(session, trace)
-        if trace.data_channel is not None:
-            # an established session that failed later still ended on a channel
-            self.metrics.session_final_channel(trace.data_channel)
+            self._cuttable.discard(cut)
+            if ident is not None and self._release_identity is not None:
+                self._release_identity(ident)  # before a replacement asks for one
+            self._active -= 1
+            self._changed.set()
 
     def _deadline(self, length: float | None) -> float:
         end = self.started_at + self.config.duration_s
@@ -459,7 +406,7 @@ class Swarm:
         return min(end, trio.current_time() + length)
 
     async def _cut_at_stop(self, session: SwarmSession, work: Awaitable[None]) -> None:
-        """``work`` (a connect or reconnect), cut when the stop grace has run out."""
+        """``work`` (a reconnect), cut when the stop grace has run out."""
         with trio.CancelScope() as scope:
             self._cuttable.add(scope)
             try:
@@ -468,57 +415,36 @@ class Swarm:
                 self._cuttable.discard(scope)
         if scope.cancelled_caught:
             if session.tunnel is not None:
-                await self._leave(session)
+                with trio.move_on_after(self.config.stop_grace_s) as leave:
+                    leave.shield = True
+                    await session.disconnect(DisconnectReason.USER if self.config.logout else None)
             raise SessionFailedError(
                 Phase.CONNECT, Reason.CANCELLED, "the run ended before the session was up"
             )
 
-    async def _connect(self, session: SwarmSession, scheduled: float, trace: _SessionTrace) -> None:
-        await session.connect()
-        await session.wait_dtls()
-        for phase, seconds in session.phases.items():
-            self.metrics.observe_phase(str(phase), seconds)
-        # from the scheduled start: a late start counts (no coordinated omission)
-        whole = trio.current_time() - scheduled
-        self.metrics.observe_phase(str(Phase.CONNECT), whole)
-        self.stats.connect_times.append(whole)
-        self.stats.established += 1
-        self.stats.keep_recent()
-        self.metrics.session_outcome("established")
-        self._push(session, trace)
-
-    def _push(self, session: SwarmSession, trace: _SessionTrace) -> None:
-        """DTLS and traffic counters of this session since the last push."""
-        tunnel = session.tunnel
-        if tunnel is None:
-            return
-        attempts, fallbacks = trace.meter.push(tunnel, self.metrics)
-        self.stats.dtls_attempted += attempts
-        self.stats.dtls_fallbacks += fallbacks
-
-    async def _hold(self, session: SwarmSession, deadline: float, trace: _SessionTrace) -> None:
+    async def _hold(self, runner: SessionRunner, session: SwarmSession, deadline: float) -> None:
         pokes = [trio.Event()]
         self._pokes.add(pokes[0])
         try:
-            await self._hold_loop(session, deadline, trace, pokes)
+            await self._hold_loop(runner, session, deadline, pokes)
         finally:
             self._pokes.discard(pokes[0])
 
     async def _hold_loop(
         self,
+        runner: SessionRunner,
         session: SwarmSession,
         deadline: float,
-        trace: _SessionTrace,
         pokes: list[trio.Event],
     ) -> None:
         # pokes[0] is this session's current wake-up event (renewed after each use)
         cfg = self.config
-        interval = cfg.echo_interval_s
-        target = session.echo_target(None) if interval > 0 else None
+        every = cfg.echo_every_s
+        target = session.echo_target(cfg.echo_target) if every > 0 else None
         # a session that came up after the storm has nothing to reconnect from
         stormed = self._storm.is_set()
         # spread the first echo so thousands of sessions do not beat in step
-        next_echo = trio.current_time() + (self._rng.uniform(0, interval) if interval > 0 else 0)
+        next_echo = trio.current_time() + (self._rng.uniform(0, every) if every > 0 else 0)
         while not self._stop.is_set():
             tunnel = session.tunnel
             assert tunnel is not None
@@ -538,45 +464,36 @@ class Swarm:
                 return
             if self._storm.is_set() and cfg.storm is not None and not stormed:
                 stormed = True
-                await self._cut_at_stop(session, self._reconnect(session, cfg.storm, trace))
+                await self._cut_at_stop(session, self._reconnect(runner, session, cfg.storm))
                 continue
             if target is not None and trio.current_time() >= next_echo:
-                await self._echo(tunnel, target)
-                self._push(session, trace)
-                next_echo += interval
+                await self._echo(runner, tunnel, target)
+                next_echo += every
                 if cfg.think_time is not None:
                     next_echo += cfg.think_time(self._rng) or 0.0
 
-    async def _echo(self, tunnel: SwarmTunnel, target: IPv4Address) -> None:
+    async def _echo(self, runner: SessionRunner, tunnel: SwarmTunnel, target: IPv4Address) -> None:
         cfg = self.config
         channel = tunnel.channel
         result = await tunnel.echo(
             target,
             count=cfg.echo_burst,
-            interval_s=0.0,
+            interval_s=cfg.echo_spacing_s,
             timeout_s=cfg.echo_timeout_s,
             payload_bytes=cfg.echo_payload_bytes,
             udp=cfg.echo_udp,
         )
-        st = self.stats
-        st.echo_sent += result.sent
-        st.echo_received += result.received
-        for rtt in result.rtts_s:
-            self.metrics.echo(channel, rtt)
-            st.echo_rtts.append(rtt)
-        for _ in range(result.sent - result.received):
-            self.metrics.echo(channel, None)
+        runner.echo(channel, result)
 
     async def _reconnect(
-        self, session: SwarmSession, storm: StormSpec, trace: _SessionTrace
+        self, runner: SessionRunner, session: SwarmSession, storm: StormSpec
     ) -> None:
         """Drop the tunnel (no DISCONNECT) and come back, as after a network blip."""
-        self._push(session, trace)
+        runner.push()
         await trio.sleep(self._rng.uniform(0, storm.jitter_s) if storm.jitter_s else 0)
         start = trio.current_time()
         await session.aclose()
-        self._move(trace, "connecting")
-        trace.meter.reset()
+        runner.reconnecting()
         last: SessionFailedError | None = None
         for attempt in range(storm.retries + 1):
             if attempt:
@@ -594,21 +511,6 @@ class Swarm:
         else:
             assert last is not None
             raise last
-        self.metrics.reconnect(trio.current_time() - start)
-        self.stats.reconnects += 1
         tunnel = session.tunnel
         assert tunnel is not None
-        self._follow(tunnel, trace)
-        self._push(session, trace)
-
-    async def _leave(self, session: SwarmSession) -> None:
-        reason = DisconnectReason.USER if self.config.logout else None
-        with trio.move_on_after(self.config.stop_grace_s) as scope:
-            scope.shield = True
-            await session.disconnect(reason)
-
-
-def _internal(exc: BaseException, trace: _SessionTrace) -> SessionFailedError:
-    """A bug of ours, in the phase the session was in as far as the swarm knows."""
-    phase = Phase.CONNECT if trace.data_channel is None else Phase.TUNNEL
-    return SessionFailedError(phase, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
+        runner.reconnected(tunnel, trio.current_time() - start)

@@ -7,6 +7,7 @@ travels in one TLS record, as ocserv and openconnect require (§5.1).
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,8 @@ from loadgen.proto.errors import BadPacketError
 from loadgen.proto.tunnel import TunnelParams
 
 __all__ = ["CstpTunnel"]
+
+log = logging.getLogger("loadgen.engine")
 
 RECEIVE_CHUNK = 65536
 
@@ -87,7 +90,8 @@ class CstpTunnel:
             await task()
         except SessionFailedError as exc:
             self._end(exc)
-        except Exception as exc:  # a bug fails this session only
+        except Exception as exc:  # a bug fails this session only, with its traceback logged
+            log.error("tunnel task %s: unexpected error", task.__name__, exc_info=exc)
             self._end(
                 SessionFailedError(
                     Phase.TUNNEL, Reason.INTERNAL, f"unexpected {type(exc).__name__}"

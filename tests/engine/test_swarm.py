@@ -153,6 +153,7 @@ class FakeSession:
         self.cfg = cfg
         self.script = script
         self.phases: dict[Phase, float] = {}
+        self.phase = Phase.TLS
         self.tunnel: FakeTunnel | None = None
         self.events: list[tuple[float, str, object]] = []
         self.exited = False
@@ -192,6 +193,7 @@ class FakeSession:
             {Phase.TLS: s.connect_s / 2, Phase.AUTH: s.connect_s / 4, Phase.CSTP_CONNECT: 0.001}
         )
         await self._tunnel_up(dtls_up=s.dtls_up)
+        self.phase = Phase.DTLS
         return object()
 
     async def wait_dtls(self) -> None:
@@ -201,6 +203,7 @@ class FakeSession:
         if s.dtls_hangs:
             await trio.sleep_forever()
         await trio.sleep(s.dtls_s)
+        self.phase = Phase.TUNNEL
         reconnected = bool(self.reconnect_attempts)
         up = s.reconnect_dtls_up if reconnected else s.dtls_up
         assert tunnel.dtls is not None
@@ -472,7 +475,7 @@ async def test_closed_model_ramps_at_rate_holds_and_replaces(
             ClosedModel(10, 5.0),
             duration_s=10.0,
             session_length=lambda rng: 2.95,
-            echo_interval_s=1.0,
+            echo_every_s=1.0,
         )
         async with trio.open_nursery() as n:
             n.start_soon(sample_every, swarm, m, 0.03, 0.1, 100, samples)
@@ -616,14 +619,15 @@ async def test_failures_are_recorded_and_never_stop_other_sessions(
             m,
             OpenModel(100.0, max_sessions=8),
             duration_s=5.0,
-            echo_interval_s=0.5,
+            echo_every_s=0.5,
             identities=identities,
         )
         await run_bounded(swarm)
     st = swarm.stats
+    # each failure in the phase it happened in: the bug while connecting came in TLS
     assert st.failures == {
         "auth/auth_rejected": 1,
-        "connect/internal": 1,
+        "tls/internal": 1,
         "tunnel/terminated": 1,
         "tunnel/internal": 1,
         "connect/resource": 1,
@@ -631,7 +635,7 @@ async def test_failures_are_recorded_and_never_stop_other_sessions(
     assert sorted(m.of("failure")) == sorted(
         [
             ("auth", "auth_rejected"),
-            ("connect", "internal"),
+            ("tls", "internal"),
             ("tunnel", "terminated"),
             ("tunnel", "internal"),
             ("connect", "resource"),
@@ -689,7 +693,7 @@ async def test_storm_every_session_reconnects_once_with_backoff(
             ClosedModel(5, math.inf),
             duration_s=6.0,
             storm=StormSpec(at_s=2.0, jitter_s=0.5, backoff_s=0.25, retries=2),
-            echo_interval_s=0.5,
+            echo_every_s=0.5,
         )
         async with trio.open_nursery() as n:
             n.start_soon(sample_at, swarm, m, [2.9, 3.7, 5.7], gauges)
@@ -759,7 +763,7 @@ async def test_stop_disconnects_every_session_and_returns(
 ) -> None:
     m = RecordingMetrics()
     async with fake_world(autojump_clock, default=Script(connect_s=0.2)) as world:
-        swarm = make_swarm(world, m, ClosedModel(8, 4.0), duration_s=100.0, echo_interval_s=1.0)
+        swarm = make_swarm(world, m, ClosedModel(8, 4.0), duration_s=100.0, echo_every_s=1.0)
 
         async def stopper() -> None:
             await trio.sleep(1.3)
@@ -814,7 +818,7 @@ async def test_bounded_run_ends_by_itself_whatever_the_sessions_do(
     scripts = {3: Script(connect_hangs=True)}
     async with fake_world(autojump_clock, scripts) as world:
         swarm = make_swarm(
-            world, m, OpenModel(2.0), duration_s=3.0, stop_grace_s=2.0, echo_interval_s=0.25
+            world, m, OpenModel(2.0), duration_s=3.0, stop_grace_s=2.0, echo_every_s=0.25
         )
         await run_bounded(swarm)
         ended = trio.current_time() - world.t0

@@ -1,0 +1,366 @@
+"""One session's life, metered once: connect, serve, leave.
+
+Every driver of a session (``loadgen connect``, the swarm of ``loadgen run``,
+the Locust sidecar) runs it through a ``SessionRunner``: phases 1 to 6, then
+the driver's own ``serve`` (an echo burst, a hold with a reconnect storm, a
+queue of Locust commands), then a bounded DISCONNECT.  The runner is the one
+place that
+
+- counts the session where it is (``connecting``, then its data channel, and
+  each move between CSTP and DTLS) and records its outcome (established, then
+  closed or failed, with the channel it ended on);
+- observes the phase latencies, the whole connect measured from the driver's
+  scheduled start (no coordinated omission), and pushes the tunnel's DTLS
+  and traffic counters as deltas (``loadgen.engine.meter``);
+- turns every failure into a ``SessionFailedError`` in the phase it
+  happened in: an unexpected exception is translated once, and a bug of ours
+  is one session's ``internal`` failure with its traceback in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
+
+import trio
+
+from loadgen.engine.echo import EchoResult
+from loadgen.engine.meter import DtlsChannelLike, TunnelMeter
+from loadgen.engine.session import SessionConfig, open_session, translate
+from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.proto.cstp import DisconnectReason
+
+__all__ = [
+    "NULL_METRICS",
+    "RunnerMetrics",
+    "RunnerSession",
+    "RunnerTunnel",
+    "SessionFactory",
+    "SessionOutcome",
+    "SessionRunner",
+]
+
+log = logging.getLogger("loadgen.engine")
+
+#: bound on the final DISCONNECT
+LEAVE_S = 10.0
+
+
+class RunnerMetrics(Protocol):
+    """What a session reports; ``loadgen.metrics.client.ClientMetrics`` fits."""
+
+    def observe_phase(self, phase: str, seconds: float) -> None: ...
+    def failure(self, phase: str, reason: str) -> None: ...
+    def session_started(self) -> None: ...
+    def session_outcome(self, outcome: str) -> None: ...
+    def channel_change(self, old: str | None, new: str | None) -> None: ...
+    def dtls_attempt(self) -> None: ...
+    def dtls_fallback(self, reason: str) -> None: ...
+    def dtls_retransmits(self, n: int) -> None: ...
+    def echo(self, channel: str, rtt_s: float | None) -> None: ...
+    def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None: ...
+    def reconnect(self, seconds: float) -> None: ...
+    def session_final_channel(self, channel: str) -> None: ...
+
+
+class _NullMetrics:
+    """For a driver that reports no metrics (``loadgen connect``)."""
+
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        pass
+
+    def failure(self, phase: str, reason: str) -> None:
+        pass
+
+    def session_started(self) -> None:
+        pass
+
+    def session_outcome(self, outcome: str) -> None:
+        pass
+
+    def channel_change(self, old: str | None, new: str | None) -> None:
+        pass
+
+    def dtls_attempt(self) -> None:
+        pass
+
+    def dtls_fallback(self, reason: str) -> None:
+        pass
+
+    def dtls_retransmits(self, n: int) -> None:
+        pass
+
+    def echo(self, channel: str, rtt_s: float | None) -> None:
+        pass
+
+    def traffic(self, channel: str, direction: str, packets: int, bytes_: int) -> None:
+        pass
+
+    def reconnect(self, seconds: float) -> None:
+        pass
+
+    def session_final_channel(self, channel: str) -> None:
+        pass
+
+
+NULL_METRICS: RunnerMetrics = _NullMetrics()
+
+
+class RunnerTunnel(Protocol):
+    """What is used of a tunnel (``loadgen.engine.datapath.DataPath``)."""
+
+    #: called with (old, new) channel names when data moves between CSTP and DTLS
+    on_channel: Callable[[str, str], None] | None
+    #: called once when the tunnel ends
+    on_end: Callable[[], None] | None
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def ended(self) -> SessionFailedError | None: ...
+    @property
+    def dtls(self) -> DtlsChannelLike | None: ...
+    def traffic(self) -> dict[str, tuple[int, int, int, int]]: ...
+    async def echo(
+        self,
+        target: IPv4Address,
+        *,
+        count: int,
+        interval_s: float,
+        timeout_s: float,
+        payload_bytes: int = 56,
+        udp: bool = False,
+    ) -> EchoResult: ...
+
+
+class RunnerSession(Protocol):
+    """What is used of a session (``loadgen.engine.session.VpnSession``)."""
+
+    phases: dict[Phase, float]
+    #: the phase in progress, or the last one reached
+    phase: Phase
+
+    @property
+    def tunnel(self) -> RunnerTunnel | None: ...
+    async def connect(self) -> object: ...
+    async def reconnect(self) -> object: ...
+    async def wait_dtls(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def disconnect(self, reason: DisconnectReason | None = ...) -> None: ...
+    def echo_target(self, override: IPv4Address | None) -> IPv4Address: ...
+
+
+#: ``open_session``'s signature: the session lives inside the context
+SessionFactory = Callable[
+    [SessionConfig, ssl.SSLContext], AbstractAsyncContextManager[RunnerSession]
+]
+#: the driver's part, between connect and leave; it returns to leave, raises to fail
+Serve = Callable[[RunnerSession], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionOutcome:
+    #: phases 1 to 6 completed (whatever came after)
+    established: bool
+    #: None: the session closed as asked
+    failure: SessionFailedError | None
+
+
+class SessionRunner:
+    """Runs one session; ``run`` once.  During ``serve`` the driver reports
+    through ``push``, ``echo`` and ``reconnecting``/``reconnected``."""
+
+    def __init__(
+        self,
+        metrics: RunnerMetrics = NULL_METRICS,
+        *,
+        name: object = "",
+        session_factory: SessionFactory = open_session,
+    ) -> None:
+        self.metrics = metrics
+        self._name = name
+        self._open = session_factory
+        self._meter = TunnelMeter()
+        #: where the session counts: "connecting", a data channel, or None
+        self._channel: str | None = None
+        #: the last data channel it was on (None: never established)
+        self._data_channel: str | None = None
+        self._done = False
+        #: the session, once opened (its phases stay readable after the end)
+        self.session: RunnerSession | None = None
+        #: the last tunnel the session had (its DTLS report stays readable)
+        self.tunnel: RunnerTunnel | None = None
+        #: seconds the wait for DTLS took (phase 6, up or fallen back)
+        self.dtls_wait_s: float | None = None
+
+    @property
+    def established(self) -> bool:
+        return self._data_channel is not None
+
+    # -- the life ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        cfg: SessionConfig,
+        ssl_context: ssl.SSLContext,
+        serve: Serve,
+        *,
+        started_at: float | None = None,
+        cut: trio.CancelScope | None = None,
+        cut_message: str = "the run ended before the session was up",
+        leave: DisconnectReason | None = DisconnectReason.USER,
+        leave_s: float = LEAVE_S,
+    ) -> SessionOutcome:
+        """Connect, ``serve``, leave.  The whole connect is timed from
+        ``started_at`` (default: now); cancelling ``cut`` during the connect
+        gives it up (``connect/cancelled``).  Never raises for the session's
+        own failures."""
+        begun = trio.current_time() if started_at is None else started_at
+        self.metrics.session_started()
+        self.move("connecting")
+        failure: SessionFailedError | None = None
+        try:
+            async with self._open(cfg, ssl_context) as session:
+                self.session = session
+                try:
+                    await self._connect(session, begun, cut, cut_message, leave, leave_s)
+                    await serve(session)
+                    self.push()
+                    await self._leave(session, leave, leave_s)
+                    self._closed()
+                except Exception as exc:
+                    failure = self._failed(exc, session)
+        except Exception as exc:  # raised while opening or closing the session
+            if self._done:
+                log.warning("session %s: error after its end: %r", self._name, exc)
+            else:
+                failure = self._failed(exc, None)
+        finally:
+            self.move(None)
+        return SessionOutcome(established=self.established, failure=failure)
+
+    async def _connect(  # noqa: PLR0917
+        self,
+        session: RunnerSession,
+        begun: float,
+        cut: trio.CancelScope | None,
+        cut_message: str,
+        leave: DisconnectReason | None,
+        leave_s: float,
+    ) -> None:
+        cut = cut or trio.CancelScope()
+        with cut:
+            try:
+                await session.connect()
+                waited = trio.current_time()
+                await session.wait_dtls()
+                self.dtls_wait_s = trio.current_time() - waited
+            finally:
+                self.tunnel = session.tunnel or self.tunnel
+        if cut.cancelled_caught:
+            if session.tunnel is not None:
+                # cut with its tunnel up (DTLS pending): it still says DISCONNECT
+                await self._leave(session, leave, leave_s)
+            raise SessionFailedError(Phase.CONNECT, Reason.CANCELLED, cut_message)
+        m = self.metrics
+        for phase, seconds in session.phases.items():
+            if phase is not Phase.CONNECT:
+                m.observe_phase(str(phase), seconds)
+        # from the scheduled start: a late start counts (no coordinated omission)
+        m.observe_phase(str(Phase.CONNECT), trio.current_time() - begun)
+        m.session_outcome("established")
+        tunnel = session.tunnel
+        assert tunnel is not None
+        self.follow(tunnel)
+
+    async def _leave(
+        self, session: RunnerSession, reason: DisconnectReason | None, bound_s: float
+    ) -> None:
+        with trio.move_on_after(bound_s) as scope:
+            scope.shield = True
+            await session.disconnect(reason)
+
+    def refuse(self, failure: SessionFailedError) -> None:
+        """A session that could not even start (no identity): started and failed."""
+        self.metrics.session_started()
+        self.move("connecting")
+        self._failed(failure, None)
+        self.move(None)
+
+    # -- what the driver reports --------------------------------------------------------
+
+    def move(self, new: str | None) -> None:
+        """The session now counts as ``new`` (connecting, cstp, dtls; None: over)."""
+        if new == self._channel:
+            return
+        self.metrics.channel_change(self._channel, new)
+        self._channel = new
+        if new not in (None, "connecting"):
+            self._data_channel = new
+
+    def follow(self, tunnel: RunnerTunnel) -> None:
+        """Count the session on ``tunnel``'s channel, now and when it moves."""
+        self.tunnel = tunnel
+        self.push()
+        self.move(tunnel.channel)
+
+        def moved(old: str, new: str) -> None:
+            del old
+            self.move(new)
+
+        tunnel.on_channel = moved
+
+    def push(self) -> tuple[int, int]:
+        """The tunnel's DTLS and traffic counters since the last push:
+        (new DTLS attempts, new fallbacks)."""
+        if self.tunnel is None:
+            return 0, 0
+        return self._meter.push(self.tunnel, self.metrics)
+
+    def echo(self, channel: str, result: EchoResult) -> None:
+        for rtt in result.rtts_s:
+            self.metrics.echo(channel, rtt)
+        for _ in range(result.sent - result.received):
+            self.metrics.echo(channel, None)
+        self.push()
+
+    def reconnecting(self) -> None:
+        """The tunnel was dropped to come back (a storm): a new one counts from zero."""
+        self.push()
+        self.tunnel = None
+        self._meter.reset()
+        self.move("connecting")
+
+    def reconnected(self, tunnel: RunnerTunnel, seconds: float) -> None:
+        self.metrics.reconnect(seconds)
+        self.follow(tunnel)
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _closed(self) -> None:
+        self._done = True
+        self._finish()
+        self.metrics.session_outcome("closed")
+
+    def _failed(self, exc: Exception, session: RunnerSession | None) -> SessionFailedError:
+        phase = Phase.CONNECT if session is None else session.phase
+        failure = translate(phase, exc)
+        if not isinstance(exc, SessionFailedError) and failure.reason is Reason.INTERNAL:
+            log.error("session %s: unexpected error", self._name, exc_info=exc)
+        if not self._done:
+            self._done = True
+            self.push()
+            self.metrics.failure(str(failure.phase), str(failure.reason))
+            self.metrics.session_outcome("failed")
+            self._finish()
+        return failure
+
+    def _finish(self) -> None:
+        if self._data_channel is not None:
+            # an established session that failed later still ended on a channel
+            self.metrics.session_final_channel(self._data_channel)
