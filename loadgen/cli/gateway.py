@@ -22,9 +22,10 @@ from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
 from loadgen.lifecycle import watch_parent, watch_signals
 from loadgen.metrics.gateway import GatewayMetrics
-from loadgen.proto.auth_server import AuthPolicy, GroupSpec, UserSpec
+from loadgen.proto.auth_policy import AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.auth_xml import ProfileManifestEntry
 from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
+from loadgen.proto.personality import DEFAULT_PERSONALITY, personality_names
 
 __all__ = ["add_parser", "build_config", "default_cert_dir"]
 
@@ -60,6 +61,12 @@ def add_parser(sub: Any) -> None:
             "drops everything else; it never routes traffic anywhere.  With no user options "
             "it accepts any user and password, offers two groups and a profile."
         ),
+    )
+    p.add_argument(
+        "--personality",
+        choices=personality_names(),
+        default=DEFAULT_PERSONALITY,
+        help=f"which gateway to behave as (default {DEFAULT_PERSONALITY})",
     )
     net = p.add_argument_group("listening")
     net.add_argument(
@@ -242,6 +249,7 @@ def build_config(args: argparse.Namespace) -> tuple[GatewayConfig, bytes | None]
     config = GatewayConfig(
         host=host,
         port=port,
+        personality=args.personality,
         pool=args.pool,
         mtu=args.mtu,
         dtls_mtu=args.dtls_mtu,

@@ -11,7 +11,6 @@ import logging
 import math
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 import trio
@@ -20,27 +19,14 @@ from loadgen.gateway.dataplane import answer_untrusted
 from loadgen.gateway.dtls_endpoint import Association
 from loadgen.metrics.gateway import GatewayMetrics
 from loadgen.proto import cstp
+from loadgen.proto.admission import SessionRecord
 from loadgen.proto.dtls import DtlsSession
 from loadgen.proto.errors import BadPacketError
 
-__all__ = ["SessionRecord", "TunnelSession"]
+__all__ = ["TunnelSession"]
 
 log = logging.getLogger("loadgen.gateway")
 RECEIVE_CHUNK = 65536
-
-
-@dataclass
-class SessionRecord:
-    """What a cookie stands for: lives from login until logout or expiry."""
-
-    username: str
-    group: str | None
-    cookie: str = field(repr=False)
-    address: IPv4Address | None = None
-    #: set while a tunnel uses the cookie
-    tunnel: TunnelSession | None = None
-    #: monotonic time after which an idle cookie is dead
-    expires_at: float = math.inf
 
 
 class TunnelSession:
@@ -49,7 +35,7 @@ class TunnelSession:
     def __init__(
         self,
         *,
-        record: SessionRecord,
+        record: SessionRecord[TunnelSession],
         stream: trio.SSLStream[trio.SocketStream],
         gateway_address: IPv4Address,
         dtls_session: DtlsSession | None,

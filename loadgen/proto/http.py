@@ -8,7 +8,7 @@ CSTP with any bytes already read handed back (§12 gotcha 10).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -20,6 +20,9 @@ __all__ = [
     "HttpConnection",
     "HttpResponse",
     "build_common_headers",
+    "cookie_pairs",
+    "parse_cookies",
+    "request_cookies",
 ]
 
 #: Header block limit: ocserv sends about 1 KiB; ASA's ``X-CSTP-Post-Auth-XML``
@@ -47,6 +50,45 @@ class HttpResponse:
             if k.lower() == key:
                 return v.decode("latin-1")
         return None
+
+
+def _pair(text: str) -> tuple[str, str] | None:
+    """``name=value`` with blanks around both removed; None without ``=`` or a name."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        return None
+    return name, value.strip()
+
+
+def cookie_pairs(text: str) -> Iterator[tuple[str, str]]:
+    """The ``name=value`` pairs of one ``Cookie`` header value, in order (RFC 6265 §4.2)."""
+    for part in text.split(";"):
+        pair = _pair(part)
+        if pair is not None:
+            yield pair
+
+
+def parse_cookies(values: Iterable[str]) -> dict[str, str]:
+    """Cookies by name from ``Cookie`` header values: the last non-empty value wins.
+
+    The one cookie parser of both roles: the gateway finds ``webvpncontext``
+    and ``webvpn`` with it, and ``ConnectRequest`` its session token.  An
+    empty value counts as absent, so ``webvpn=`` never hides an earlier one.
+    """
+    cookies: dict[str, str] = {}
+    for value in values:
+        for name, cookie in cookie_pairs(value):
+            if cookie:
+                cookies[name] = cookie
+    return cookies
+
+
+def request_cookies(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``parse_cookies`` over every ``Cookie`` header of a request (Latin-1 decoded)."""
+    return parse_cookies(
+        value.decode("latin-1") for name, value in headers if name.lower() == b"cookie"
+    )
 
 
 class CookieJar:
@@ -79,12 +121,11 @@ class CookieJar:
             if key.lower() != b"set-cookie":
                 continue
             text = raw.decode("latin-1")
-            pair, _, attrs = text.partition(";")
-            name, sep, value = pair.partition("=")
-            name = name.strip()
-            if not sep or not name:
+            first, _, attrs = text.partition(";")
+            pair = _pair(first)
+            if pair is None:
                 continue
-            value = value.strip()
+            name, value = pair
             expired = "1970" in attrs and "expires" in attrs.lower()
             if not value or expired:
                 self._values.pop(name, None)

@@ -4,9 +4,12 @@ Headers travel as h11 hands them over: ``(name, value)`` byte pairs, names
 case-insensitive and possibly repeated.  The client builds a
 ``ConnectRequest`` and parses the gateway's answer with
 ``parse_connect_response_untrusted``; the reference gateway does the mirror
-image with ``ConnectRequest.from_headers_untrusted``, ``choose_dtls_cipher``
-and ``TunnelParams.to_headers``.  Both codecs share one declarative table so
-that ``parse(to_headers(p)) == p``.
+image with ``ConnectRequest.from_headers_untrusted`` and
+``TunnelParams.to_headers``.  Each class has one table of (header, field,
+kind), the kinds being the (parse, format) pairs of
+``loadgen.proto.header_codec``; both directions read that table, so that
+``parse(to_headers(p)) == p``.  Which DTLS suite a gateway answers with is
+its personality's choice (``loadgen.proto.personality``).
 
 Decisions worth knowing:
 
@@ -25,85 +28,59 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
-from typing import Any, ClassVar, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal
 
+from loadgen.proto import header_codec as kinds
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
+from loadgen.proto.header_codec import (
+    MASTER_SECRET_SIZE,
+    SESSION_ID_SIZE,
+    HeaderKind,
+    IPAddress,
+    IPNetwork,
+    encode_header,
+    header_name_untrusted,
+    header_value_untrusted,
+    prefix_length,
+)
+from loadgen.proto.http import parse_cookies
 
 __all__ = [
     "CISCO_PROTOCOL",
     "CONNECT_TARGET",
-    "DEFAULT_DTLS12_PRIORITIES",
-    "DEFAULT_LEGACY_PRIORITIES",
     "DTLS12_CIPHER_HEADER",
     "DTLS_CIPHER_HEADER",
     "OPENCONNECT_DTLS_OVERHEAD",
     "PSK_NEGOTIATE",
-    "Channel",
+    "SESSION_COOKIE",
     "CipherHeader",
     "ConnectRequest",
     "NoSessionCookieError",
     "TunnelParams",
-    "choose_dtls_cipher",
     "openconnect_tunnel_mtu",
     "parse_connect_response_untrusted",
 ]
 
 Headers = list[tuple[bytes, bytes]]
-Channel = Literal["cstp", "dtls"]
 CipherHeader = Literal["X-DTLS-CipherSuite", "X-DTLS12-CipherSuite"]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_T = TypeVar("_T")
 
 #: ocserv answers 404 to any other CONNECT target (§4.1).
 CONNECT_TARGET: Final = "/CSCOSSLC/tunnel"
+#: the cookie that carries the session token on CONNECT (§2.6, §4.1)
+SESSION_COOKIE: Final = "webvpn"
 #: ``X-CSTP-Protocol``: sent by AnyConnect and openconnect master; some gateways insist.
 CISCO_PROTOCOL: Final = "Copyright (c) 2004 Cisco Systems, Inc."
 DTLS_CIPHER_HEADER: Final = "X-DTLS-CipherSuite"
 DTLS12_CIPHER_HEADER: Final = "X-DTLS12-CipherSuite"
 PSK_NEGOTIATE: Final = "PSK-NEGOTIATE"
-MASTER_SECRET_SIZE: Final = 48
-SESSION_ID_SIZE: Final = 32
 #: openconnect's worst-case DTLS overhead: 1 type + 13 header + 20 MAC + 32 IV + 16 padding.
 OPENCONNECT_DTLS_OVERHEAD: Final = 82
-
-#: ocserv's ``X-DTLS-CipherSuite`` table, name -> server priority (§6).
-DEFAULT_LEGACY_PRIORITIES: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "OC-DTLS1_2-AES256-GCM": 90,
-        "OC-DTLS1_2-AES128-GCM": 80,
-        "AES256-SHA": 60,
-        "AES128-SHA": 50,
-        "DES-CBC3-SHA": 1,
-    }
-)
-#: ocserv master's ``X-DTLS12-CipherSuite`` table (1.1.6 lacks the ECDHE names, §11.11).
-DEFAULT_DTLS12_PRIORITIES: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "AES256-GCM-SHA384": 90,
-        "ECDHE-RSA-AES256-GCM-SHA384": 80,
-        "ECDHE-RSA-AES128-GCM-SHA256": 70,
-        "AES128-GCM-SHA256": 50,
-    }
-)
 
 
 class NoSessionCookieError(BadPacketError):
     """The CONNECT carried no ``webvpn`` cookie (ocserv answers 503, §4.2)."""
-
-
-# -- helpers shared by both directions -----------------------------------------
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HEX = re.compile(r"[0-9A-Fa-f]*")
-_MAX_SECONDS = 9_999_999_999
-#: Values that may hold the session token or key material: never echoed in errors.
-_SECRET_HEADERS: Final = frozenset({"cookie", "x-dtls-master-secret", "x-cstp-post-auth-xml"})
 
 
 def openconnect_tunnel_mtu(base_mtu: int, *, ipv6: bool = False) -> int:
@@ -115,120 +92,97 @@ def openconnect_tunnel_mtu(base_mtu: int, *, ipv6: bool = False) -> int:
     return max(base_mtu, 1280) - OPENCONNECT_DTLS_OVERHEAD - 8 - (40 if ipv6 else 20)
 
 
-def _show(name: str, text: str) -> str:
-    if name.lower() in _SECRET_HEADERS:
-        return "<elided>"
-    return repr(text if len(text) <= 60 else text[:60] + "...")
+# -- the tables' shape ------------------------------------------------------------
 
 
-def _name_untrusted(raw: bytes) -> str:
-    name = raw.decode("latin-1")
-    if not _TOKEN.fullmatch(name):
-        raise BadPacketError(f"malformed header name {name[:40]!r}")
-    return name
+def _given(value: object) -> bool:
+    return value is not None
 
 
-def _value_untrusted(name: str, raw: bytes) -> str:
-    """Header text: UTF-8 when it is, else Latin-1; surrounding OWS removed."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    if _CTL.search(text):
-        raise BadPacketError(f"{name}: control character in value")
-    return text.strip(" \t")
+def _always(value: object) -> bool:
+    return True
 
 
-def _header(name: str, value: str) -> tuple[bytes, bytes]:
-    """One outgoing header, refused if h11 would refuse it or it would not round trip."""
-    if not _TOKEN.fullmatch(name):
-        raise LocalProtocolError(f"bad header name {name!r}")
-    if _CTL.search(value) or value != value.strip(" \t"):
-        raise LocalProtocolError(f"{name}: control character or surrounding blanks in value")
-    try:
-        return name.encode("ascii"), value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError(f"{name}: value cannot be encoded") from exc
+def _any_text(text: str) -> bool:
+    return True
 
 
-def _uint(name: str, text: str, lo: int = 0, hi: int = _MAX_SECONDS) -> int:
-    # Strict: ASCII digits only (no sign, no blanks, no Unicode digits).
-    if not (text.isascii() and text.isdigit() and len(text) <= 10):
-        raise BadPacketError(f"{name}: not a decimal number: {_show(name, text)}")
-    number = int(text)
-    if not lo <= number <= hi:
-        raise BadPacketError(f"{name}: {number} is outside {lo}..{hi}")
-    return number
+def _ipv6_text(text: str) -> bool:
+    return ":" in text
 
 
-def _seconds(name: str, text: str) -> int | None:
-    return None if text.lower() == "none" else _uint(name, text)
+def _ipv4_text(text: str) -> bool:
+    return ":" not in text
 
 
-def _bool(name: str, text: str) -> bool:
-    lowered = text.lower()
-    if lowered not in ("true", "false"):
-        raise BadPacketError(f"{name}: expected true or false, got {_show(name, text)}")
-    return lowered == "true"
+@dataclass(frozen=True)
+class _Field:
+    """One header of a table: which field it fills, and how its value reads and writes."""
+
+    header: str
+    attr: str
+    kind: HeaderKind[Any]
+    #: a repeated header that accumulates into a tuple
+    many: bool = False
+    #: which values of a header shared by two fields this one takes
+    takes: Callable[[str], bool] = _any_text
+    #: whether ``to_headers`` writes the field's value
+    sent: Callable[[Any], bool] = _given
 
 
-def _addr(parse: Callable[[str], _T], what: str, name: str, text: str) -> _T:
-    """An address or network through ``ipaddress``, errors naming the header."""
-    try:
-        return parse(text)
-    except ValueError:
-        raise BadPacketError(f"{name}: not {what}: {_show(name, text)}") from None
+def _by_name(table: Iterable[_Field]) -> dict[str, tuple[_Field, ...]]:
+    out: dict[str, tuple[_Field, ...]] = {}
+    for spec in table:
+        if spec.header:
+            key = spec.header.lower()
+            out[key] = (*out.get(key, ()), spec)
+    return out
 
 
-def _net(text: str) -> IPNetwork:
-    # Routes come as 10.0.0.0/255.0.0.0 or 10.0.0.0/8 (§4.3); host bits are tolerated.
-    return ipaddress.ip_network(text, strict=False)
-
-
-def _net_text(net: IPNetwork) -> str:
-    # The netmask style is what Cisco sends and every client understands.
-    return net.with_netmask if net.version == 4 else net.with_prefixlen
-
-
-def _prefixlen(netmask: ipaddress.IPv4Address) -> int | None:
-    """Prefix length of a contiguous netmask, None if the mask has holes."""
-    inverted = ~int(netmask) & 0xFFFFFFFF
-    if inverted & (inverted + 1):
-        return None
-    return 32 - inverted.bit_length()
-
-
-def _hex(name: str, text: str, *, min_size: int, max_size: int) -> bytes:
-    if len(text) % 2 or not _HEX.fullmatch(text):
-        raise BadPacketError(f"{name}: not hexadecimal: {_show(name, text)}")
-    data = bytes.fromhex(text)
-    if not min_size <= len(data) <= max_size:
-        # openconnect aborts on a Session-ID that is not 32 bytes (§4.3).
-        want = str(min_size) if min_size == max_size else f"{min_size}..{max_size}"
-        raise BadPacketError(f"{name}: {len(data)} bytes, expected {want}")
-    return data
+def _pick(specs: tuple[_Field, ...], value: str) -> _Field:
+    # the ``takes`` of fields sharing a header are complementary
+    return next(spec for spec in specs if spec.takes(value))
 
 
 # -- the request: client builds it, gateway parses it -------------------------
 
-_REQUEST_KNOWN: Final = frozenset(
-    {
-        "host",
-        "user-agent",
-        "cookie",
-        "x-cstp-version",
-        "x-cstp-hostname",
-        "x-cstp-protocol",
-        "x-cstp-base-mtu",
-        "x-cstp-mtu",
-        "x-cstp-address-type",
-        "x-cstp-full-ipv6-capability",
-        "x-cstp-address",
-        "x-dtls-master-secret",
-        "x-dtls-ciphersuite",
-        "x-dtls12-ciphersuite",
-    }
+_SESSION_COOKIE_KIND: Final = HeaderKind[str | None](
+    "session_cookie",
+    # the shared cookie parser; None (no usable webvpn pair) leaves an earlier one
+    lambda name, text: parse_cookies([text]).get(SESSION_COOKIE),
+    lambda token: f"{SESSION_COOKIE}={token}",
 )
+#: where ``ConnectRequest.extra`` goes: openconnect puts its mobile headers there
+_EXTRA: Final = _Field("", "extra", kinds.TEXT)
+#: openconnect's order (§4.1); ``version`` is a constant, read and ignored
+_REQUEST_FIELDS: Final[tuple[_Field, ...]] = (
+    _Field("Host", "host", kinds.TEXT, sent=_always),
+    _Field("User-Agent", "user_agent", kinds.TEXT, sent=_always),
+    _Field("Cookie", "cookie", _SESSION_COOKIE_KIND, sent=_always),
+    _Field("X-CSTP-Version", "version", kinds.UINT, sent=_always),
+    _Field("X-CSTP-Hostname", "hostname", kinds.TEXT, sent=bool),
+    _Field("X-CSTP-Protocol", "protocol", kinds.TEXT),
+    _EXTRA,
+    _Field("X-CSTP-Base-MTU", "base_mtu", kinds.UINT16),
+    _Field("X-CSTP-MTU", "mtu", kinds.UINT16),
+    _Field("X-CSTP-Address-Type", "address_type", kinds.TEXT),
+    _Field("X-CSTP-Address", "previous_address", kinds.IPV4_TEXT, takes=_ipv4_text),
+    _Field("X-CSTP-Full-IPv6-Capability", "full_ipv6", kinds.FLAG, sent=bool),
+    _Field("X-CSTP-Address", "previous_address_ip6", kinds.IPV6_TEXT, takes=_ipv6_text),
+    _Field("X-DTLS-Master-Secret", "dtls_master_secret", kinds.MASTER_SECRET),
+    _Field(DTLS_CIPHER_HEADER, "dtls_ciphers", kinds.CIPHER_LIST),
+    _Field(DTLS12_CIPHER_HEADER, "dtls12_ciphers", kinds.CIPHER_LIST),
+)
+_REQUEST_BY_NAME: Final = _by_name(_REQUEST_FIELDS)
+#: what a CONNECT without the header means (the dataclass defaults are the client's)
+_REQUEST_ABSENT: Final[dict[str, Any]] = {
+    "host": "",
+    "user_agent": "",
+    "hostname": "",
+    "base_mtu": None,
+    "address_type": None,
+    "protocol": None,
+}
 
 
 def _check_mtu(name: str, value: int | None) -> None:
@@ -246,12 +200,6 @@ def _check_cipher_names(name: str, names: tuple[str, ...] | None) -> None:
             raise LocalProtocolError(f"{name}: bad cipher name {item!r}")
 
 
-def _cipher_list(value: str) -> tuple[str, ...] | None:
-    # ocserv splits on ':' and skips empty tokens (§6).
-    names = tuple(part.strip(" \t") for part in value.split(":") if part.strip(" \t"))
-    return names or None
-
-
 @dataclass(frozen=True, kw_only=True)
 class ConnectRequest:
     """The ``CONNECT /CSCOSSLC/tunnel`` header block (§4.1).
@@ -264,6 +212,8 @@ class ConnectRequest:
 
     method: ClassVar[str] = "CONNECT"
     target: ClassVar[str] = CONNECT_TARGET
+    #: ``X-CSTP-Version``: always 1
+    version: ClassVar[int] = 1
 
     host: str
     user_agent: str
@@ -308,7 +258,7 @@ class ConnectRequest:
                 except ValueError:
                     raise LocalProtocolError(f"bad previous address {text!r}") from None
         for name, _value in self.extra:
-            if name.lower() in _REQUEST_KNOWN:
+            if name.lower() in _REQUEST_BY_NAME:
                 raise LocalProtocolError(f"{name} is a field of ConnectRequest, not extra")
 
     @property
@@ -322,36 +272,15 @@ class ConnectRequest:
 
     def to_headers(self) -> Headers:
         """Headers in openconnect's order, without compression or HTTP-auth offers (§4.1, §5.5)."""
-        items: list[tuple[str, str]] = [
-            ("Host", self.host),
-            ("User-Agent", self.user_agent),
-            ("Cookie", f"webvpn={self.cookie}"),
-            ("X-CSTP-Version", "1"),
-        ]
-        if self.hostname:
-            items.append(("X-CSTP-Hostname", self.hostname))
-        if self.protocol is not None:
-            items.append(("X-CSTP-Protocol", self.protocol))
-        items.extend(self.extra)
-        if self.base_mtu is not None:
-            items.append(("X-CSTP-Base-MTU", str(self.base_mtu)))
-        if self.mtu is not None:
-            items.append(("X-CSTP-MTU", str(self.mtu)))
-        if self.address_type is not None:
-            items.append(("X-CSTP-Address-Type", self.address_type))
-        if self.previous_address is not None:
-            items.append(("X-CSTP-Address", self.previous_address))
-        if self.full_ipv6:
-            items.append(("X-CSTP-Full-IPv6-Capability", "true"))
-        if self.previous_address_ip6 is not None:
-            items.append(("X-CSTP-Address", self.previous_address_ip6))
-        if self.dtls_master_secret is not None:
-            items.append(("X-DTLS-Master-Secret", self.dtls_master_secret.hex().upper()))
-        if self.dtls_ciphers is not None:
-            items.append((DTLS_CIPHER_HEADER, ":".join(self.dtls_ciphers)))
-        if self.dtls12_ciphers is not None:
-            items.append((DTLS12_CIPHER_HEADER, ":".join(self.dtls12_ciphers)))
-        return [_header(name, value) for name, value in items]
+        items: list[tuple[str, str]] = []
+        for spec in _REQUEST_FIELDS:
+            if spec is _EXTRA:
+                items.extend(self.extra)
+                continue
+            value = getattr(self, spec.attr)
+            if spec.sent(value):
+                items.append((spec.header, spec.kind.format(value)))
+        return [encode_header(name, value) for name, value in items]
 
     @classmethod
     def from_headers_untrusted(cls, headers: Iterable[tuple[bytes, bytes]]) -> ConnectRequest:
@@ -362,167 +291,99 @@ class ConnectRequest:
         one, ``NoSessionCookieError``.  ``X-DTLS-Master-Secret`` needs at
         least 96 hex digits; the first 96 are used.
         """
-        kwargs: dict[str, Any] = {"host": "", "user_agent": "", "hostname": ""}
-        kwargs.update(base_mtu=None, address_type=None, protocol=None)
-        cookie: str | None = None
+        kwargs: dict[str, Any] = dict(_REQUEST_ABSENT)
         extra: list[tuple[str, str]] = []
         for raw_name, raw_value in headers:
-            name = _name_untrusted(raw_name)
-            key = name.lower()
-            value = _value_untrusted(name, raw_value)
-            if key not in _REQUEST_KNOWN:
+            name = header_name_untrusted(raw_name)
+            value = header_value_untrusted(name, raw_value)
+            specs = _REQUEST_BY_NAME.get(name.lower())
+            if specs is None:
                 extra.append((name, value))
                 continue
             if not value:
                 continue
-            if key == "host":
-                kwargs["host"] = value
-            elif key == "user-agent":
-                kwargs["user_agent"] = value
-            elif key == "cookie":
-                for part in value.split(";"):
-                    pair = part.lstrip()
-                    if pair.startswith("webvpn=") and pair[7:].rstrip():
-                        cookie = pair[7:].rstrip()
-            elif key == "x-cstp-hostname":
-                kwargs["hostname"] = value
-            elif key == "x-cstp-protocol":
-                kwargs["protocol"] = value
-            elif key == "x-cstp-base-mtu":
-                kwargs["base_mtu"] = _uint(name, value, 1, 65535)
-            elif key == "x-cstp-mtu":
-                kwargs["mtu"] = _uint(name, value, 1, 65535)
-            elif key == "x-cstp-address-type":
-                kwargs["address_type"] = value
-            elif key == "x-cstp-full-ipv6-capability":
-                kwargs["full_ipv6"] = "true" in value
-            elif key == "x-cstp-address":
-                if ":" in value:
-                    _addr(ipaddress.IPv6Address, "an IPv6 address", name, value)
-                    kwargs["previous_address_ip6"] = value
-                else:
-                    _addr(ipaddress.IPv4Address, "an IPv4 address", name, value)
-                    kwargs["previous_address"] = value
-            elif key == "x-dtls-master-secret":
-                if len(value) < 2 * MASTER_SECRET_SIZE:
-                    raise BadPacketError(f"{name}: fewer than 96 hex digits")
-                if not _HEX.fullmatch(value[: 2 * MASTER_SECRET_SIZE]):
-                    raise BadPacketError(f"{name}: not hexadecimal")
-                kwargs["dtls_master_secret"] = bytes.fromhex(value[: 2 * MASTER_SECRET_SIZE])
-            elif key == "x-dtls-ciphersuite":
-                kwargs["dtls_ciphers"] = _cipher_list(value)
-            elif key == "x-dtls12-ciphersuite":
-                kwargs["dtls12_ciphers"] = _cipher_list(value)
-            # x-cstp-version: always 1, nothing to keep
-        if cookie is None:
+            spec = _pick(specs, value)
+            parsed = spec.kind.parse(spec.header, value)
+            # X-CSTP-Version: always 1, nothing to keep; None: nothing usable was given
+            if spec.attr != "version" and parsed is not None:
+                kwargs[spec.attr] = parsed
+        if kwargs.get("cookie") is None:
             raise NoSessionCookieError("CONNECT without a webvpn cookie")
         try:
-            return cls(cookie=cookie, extra=tuple(extra), **kwargs)
+            return cls(extra=tuple(extra), **kwargs)
         except LocalProtocolError as exc:  # an invariant the bytes broke
             raise BadPacketError(f"unusable CONNECT request: {exc}") from None
 
 
-def choose_dtls_cipher(
-    req: ConnectRequest,
-    *,
-    legacy_prefs: Mapping[str, int] = DEFAULT_LEGACY_PRIORITIES,
-    dtls12_prefs: Mapping[str, int] = DEFAULT_DTLS12_PRIORITIES,
-) -> tuple[str, CipherHeader] | None:
-    """The legacy DTLS suite an ocserv-like gateway answers with (§6).
-
-    None when the request has no master secret (legacy DTLS is impossible)
-    or offers nothing we know.  A match in ``X-DTLS12-CipherSuite`` wins and
-    is answered in that header; otherwise the best match of
-    ``X-DTLS-CipherSuite``.  Within a header the highest server priority
-    wins, ties going to the client's earlier name (ocserv uses a strict
-    ``<``).  ``PSK-NEGOTIATE`` is ignored: we only do legacy mode.  ocserv's
-    "same cipher as the TLS session" shortcut is not modelled.
-    """
-    if req.dtls_master_secret is None:
-        return None
-    best12 = _best_offer(req.dtls12_ciphers, dtls12_prefs)
-    if best12 is not None:
-        return best12, DTLS12_CIPHER_HEADER
-    best = _best_offer(req.dtls_ciphers, legacy_prefs)
-    if best is not None:
-        return best, DTLS_CIPHER_HEADER
-    return None
-
-
-def _best_offer(offer: tuple[str, ...] | None, prefs: Mapping[str, int]) -> str | None:
-    best: str | None = None
-    best_prio = 0
-    for name in offer or ():
-        prio = prefs.get(name)
-        if name == PSK_NEGOTIATE or prio is None:
-            continue
-        if best is None or prio > best_prio:
-            best, best_prio = name, prio
-    return best
-
-
 # -- the response: gateway builds it, client parses it ------------------------
 
-#: (header, attribute, kind) in ocserv's emission order (§4.3 capture,
-#: worker-vpn.c); parse and to_headers both read this table.
-_RESPONSE_FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
-    ("X-CSTP-Version", "version", "uint"),
-    ("X-CSTP-Server-Name", "server_name", "str"),
-    ("X-CSTP-Hostname", "hostname", "str"),
-    ("X-CSTP-DPD", "cstp_dpd_s", "seconds"),
-    ("X-CSTP-Default-Domain", "default_domain", "str"),
-    ("X-CSTP-Address", "address", "address"),
-    ("X-CSTP-Netmask", "netmask", "netmask"),
-    ("X-CSTP-Address-IP6", "address_ip6", "address_ip6"),
-    ("X-CSTP-DNS", "dns", "ips"),
-    ("X-CSTP-DNS-IP6", "dns_ip6", "ips"),
-    ("X-CSTP-NBNS", "nbns", "ips"),
-    ("X-CSTP-Split-DNS", "split_dns", "strs"),
-    ("X-CSTP-Split-Include", "split_include", "nets"),
-    ("X-CSTP-Split-Include-IP6", "split_include_ip6", "nets"),
-    ("X-CSTP-Tunnel-All-DNS", "tunnel_all_dns", "bool"),
-    ("X-CSTP-Client-Bypass-Protocol", "client_bypass_protocol", "bool"),
-    ("X-CSTP-Split-Exclude", "split_exclude", "nets"),
-    ("X-CSTP-Split-Exclude-IP6", "split_exclude_ip6", "nets"),
-    ("X-CSTP-Keepalive", "cstp_keepalive_s", "seconds"),
-    ("X-CSTP-Idle-Timeout", "idle_timeout_s", "seconds"),
-    ("X-CSTP-Smartcard-Removal-Disconnect", "smartcard_removal_disconnect", "bool"),
-    ("X-CSTP-DynDNS", "dyndns", "bool"),
-    ("X-CSTP-Rekey-Time", "cstp_rekey_time_s", "seconds"),
-    ("X-CSTP-Rekey-Method", "cstp_rekey_method", "str"),
+#: ocserv's emission order (§4.3 capture, worker-vpn.c).  Fields whose name
+#: starts with ``_`` are only read: ocserv sends an IPv6 lease in
+#: X-CSTP-Address/X-CSTP-Netmask to clients without full IPv6 capability.
+_RESPONSE_FIELDS: Final[tuple[_Field, ...]] = (
+    _Field("X-CSTP-Version", "version", kinds.UINT),
+    _Field("X-CSTP-Server-Name", "server_name", kinds.TEXT),
+    _Field("X-CSTP-Hostname", "hostname", kinds.TEXT),
+    _Field("X-CSTP-DPD", "cstp_dpd_s", kinds.SECONDS),
+    _Field("X-CSTP-Default-Domain", "default_domain", kinds.TEXT),
+    _Field("X-CSTP-Address", "address", kinds.IPV4_ADDRESS, takes=_ipv4_text),
+    _Field("X-CSTP-Address", "_address6", kinds.IPV6_ADDRESS, takes=_ipv6_text),
+    _Field("X-CSTP-Netmask", "netmask", kinds.IPV4_NETMASK, takes=_ipv4_text),
+    _Field("X-CSTP-Netmask", "_netmask6", kinds.IPV6_INTERFACE, takes=_ipv6_text),
+    _Field("X-CSTP-Address-IP6", "address_ip6", kinds.IPV6_INTERFACE),
+    _Field("X-CSTP-DNS", "dns", kinds.IP_ADDRESS, many=True),
+    _Field("X-CSTP-DNS-IP6", "dns_ip6", kinds.IP_ADDRESS, many=True),
+    _Field("X-CSTP-NBNS", "nbns", kinds.IP_ADDRESS, many=True),
+    _Field("X-CSTP-Split-DNS", "split_dns", kinds.TEXT, many=True),
+    _Field("X-CSTP-Split-Include", "split_include", kinds.NETWORK, many=True),
+    _Field("X-CSTP-Split-Include-IP6", "split_include_ip6", kinds.NETWORK, many=True),
+    _Field("X-CSTP-Tunnel-All-DNS", "tunnel_all_dns", kinds.BOOL),
+    _Field("X-CSTP-Client-Bypass-Protocol", "client_bypass_protocol", kinds.BOOL),
+    _Field("X-CSTP-Split-Exclude", "split_exclude", kinds.NETWORK, many=True),
+    _Field("X-CSTP-Split-Exclude-IP6", "split_exclude_ip6", kinds.NETWORK, many=True),
+    _Field("X-CSTP-Keepalive", "cstp_keepalive_s", kinds.SECONDS),
+    _Field("X-CSTP-Idle-Timeout", "idle_timeout_s", kinds.SECONDS),
+    _Field("X-CSTP-Smartcard-Removal-Disconnect", "smartcard_removal_disconnect", kinds.BOOL),
+    _Field("X-CSTP-DynDNS", "dyndns", kinds.BOOL),
+    _Field("X-CSTP-Rekey-Time", "cstp_rekey_time_s", kinds.SECONDS),
+    _Field("X-CSTP-Rekey-Method", "cstp_rekey_method", kinds.TEXT),
     # openconnect matches "MSIE-Proxy-PAC-URL" case-sensitively; ocserv writes "Pac".
-    ("X-CSTP-MSIE-Proxy-PAC-URL", "msie_proxy_pac_url", "str"),
-    ("X-CSTP-MSIE-Proxy-Lockdown", "msie_proxy_lockdown", "bool"),
-    ("X-CSTP-Session-Timeout", "session_timeout_s", "seconds"),
-    ("X-CSTP-Session-Timeout-Remaining", "session_timeout_remaining_s", "seconds"),
-    ("X-CSTP-Session-Timeout-Alert-Interval", "session_timeout_alert_interval_s", "seconds"),
-    ("X-CSTP-Lease-Duration", "lease_duration_s", "seconds"),
-    ("X-CSTP-Disconnected-Timeout", "disconnected_timeout_s", "seconds"),
-    ("X-CSTP-Keep", "keep", "bool"),
-    ("X-CSTP-TCP-Keepalive", "tcp_keepalive", "bool"),
-    ("X-CSTP-License", "license", "str"),
-    ("X-CSTP-Routing-Filtering-Ignore", "routing_filtering_ignore", "bool"),
-    ("X-CSTP-Quarantine", "quarantine", "bool"),
-    ("X-CSTP-Disable-Always-On-VPN", "disable_always_on_vpn", "bool"),
-    ("X-CSTP-Protocol", "protocol", "str"),
-    ("X-DTLS-DPD", "dtls_dpd_s", "seconds"),
-    ("X-DTLS-Port", "dtls_port", "port"),
-    ("X-DTLS-Rekey-Time", "dtls_rekey_time_s", "seconds"),
-    ("X-DTLS-Rekey-Method", "dtls_rekey_method", "str"),
-    ("X-DTLS-Keepalive", "dtls_keepalive_s", "seconds"),
-    ("X-DTLS-App-ID", "dtls_app_id", "app_id"),
-    ("X-DTLS-Session-ID", "dtls_session_id", "session_id"),
-    (DTLS_CIPHER_HEADER, "dtls_cipher", "cipher"),
-    (DTLS12_CIPHER_HEADER, "dtls_cipher", "cipher"),
-    ("X-DTLS-MTU", "dtls_mtu", "mtu"),
-    ("X-CSTP-Base-MTU", "base_mtu", "mtu"),
-    ("X-CSTP-MTU", "mtu", "mtu"),
-    ("X-CSTP-Banner", "banner", "str"),
-    ("X-DTLS-Content-Encoding", "dtls_content_encoding", "str"),
-    ("X-CSTP-Content-Encoding", "cstp_content_encoding", "str"),
-    ("X-CSTP-Post-Auth-XML", "post_auth_xml", "str"),
+    _Field("X-CSTP-MSIE-Proxy-PAC-URL", "msie_proxy_pac_url", kinds.TEXT),
+    _Field("X-CSTP-MSIE-Proxy-Lockdown", "msie_proxy_lockdown", kinds.BOOL),
+    _Field("X-CSTP-Session-Timeout", "session_timeout_s", kinds.SECONDS),
+    _Field("X-CSTP-Session-Timeout-Remaining", "session_timeout_remaining_s", kinds.SECONDS),
+    _Field(
+        "X-CSTP-Session-Timeout-Alert-Interval",
+        "session_timeout_alert_interval_s",
+        kinds.SECONDS,
+    ),
+    _Field("X-CSTP-Lease-Duration", "lease_duration_s", kinds.SECONDS),
+    _Field("X-CSTP-Disconnected-Timeout", "disconnected_timeout_s", kinds.SECONDS),
+    _Field("X-CSTP-Keep", "keep", kinds.BOOL),
+    _Field("X-CSTP-TCP-Keepalive", "tcp_keepalive", kinds.BOOL),
+    _Field("X-CSTP-License", "license", kinds.TEXT),
+    _Field("X-CSTP-Routing-Filtering-Ignore", "routing_filtering_ignore", kinds.BOOL),
+    _Field("X-CSTP-Quarantine", "quarantine", kinds.BOOL),
+    _Field("X-CSTP-Disable-Always-On-VPN", "disable_always_on_vpn", kinds.BOOL),
+    _Field("X-CSTP-Protocol", "protocol", kinds.TEXT),
+    _Field("X-DTLS-DPD", "dtls_dpd_s", kinds.SECONDS),
+    _Field("X-DTLS-Port", "dtls_port", kinds.UINT16),
+    _Field("X-DTLS-Rekey-Time", "dtls_rekey_time_s", kinds.SECONDS),
+    _Field("X-DTLS-Rekey-Method", "dtls_rekey_method", kinds.TEXT),
+    _Field("X-DTLS-Keepalive", "dtls_keepalive_s", kinds.SECONDS),
+    _Field("X-DTLS-App-ID", "dtls_app_id", kinds.APP_ID),
+    _Field("X-DTLS-Session-ID", "dtls_session_id", kinds.SESSION_ID),
+    _Field(DTLS_CIPHER_HEADER, "dtls_cipher", kinds.CIPHER),
+    _Field(DTLS12_CIPHER_HEADER, "dtls_cipher", kinds.CIPHER),
+    _Field("X-DTLS-MTU", "dtls_mtu", kinds.UINT16),
+    _Field("X-CSTP-Base-MTU", "base_mtu", kinds.UINT16),
+    _Field("X-CSTP-MTU", "mtu", kinds.UINT16),
+    _Field("X-CSTP-Banner", "banner", kinds.TEXT),
+    _Field("X-DTLS-Content-Encoding", "dtls_content_encoding", kinds.TEXT),
+    _Field("X-CSTP-Content-Encoding", "cstp_content_encoding", kinds.TEXT),
+    _Field("X-CSTP-Post-Auth-XML", "post_auth_xml", kinds.TEXT),
 )
-_RESPONSE_BY_NAME: Final = {spec[0].lower(): spec for spec in _RESPONSE_FIELDS}
+_RESPONSE_BY_NAME: Final = _by_name(_RESPONSE_FIELDS)
 _UNKNOWN_PREFIXES: Final = ("x-cstp-", "x-dtls-", "x-dtls12-")
 
 
@@ -642,18 +503,6 @@ class TunnelParams:
         return f"TunnelParams({', '.join(parts)})"
 
     @property
-    def dtls_offered(self) -> bool:
-        """A UDP port and an id to present in the ClientHello (§4.3, §7)."""
-        return self.dtls_port is not None and (
-            self.dtls_session_id is not None or self.dtls_app_id is not None
-        )
-
-    @property
-    def dtls_psk(self) -> bool:
-        """The gateway chose ocserv's PSK-NEGOTIATE mode (§7.6), not legacy."""
-        return self.dtls_cipher == PSK_NEGOTIATE
-
-    @property
     def gateway_tunnel_address(self) -> ipaddress.IPv4Address | None:
         """First host of our address/netmask network: the default echo target.
 
@@ -662,64 +511,40 @@ class TunnelParams:
         """
         if self.address is None or self.netmask is None:
             return None
-        prefix = _prefixlen(self.netmask)
+        prefix = prefix_length(self.netmask)
         if prefix is None or prefix > 30:
             return None
         network = ipaddress.IPv4Network((self.address, prefix), strict=False)
         first = network.network_address + 1
         return None if first == self.address else first
 
-    def data_mtu(self, channel: Channel) -> int:
-        """Largest IP packet to send on ``channel``.
-
-        CSTP: ``X-CSTP-MTU`` (AnyConnect limits packets to it on TLS, §7.9).
-        DTLS: ``X-DTLS-MTU`` in legacy mode, else ``X-CSTP-MTU`` (ocserv
-        derives that from the chosen DTLS cipher, §4.4).  Each falls back to
-        the other when absent.
-        """
-        first, second = (
-            (self.mtu, self.dtls_mtu) if channel == "cstp" else (self.dtls_mtu, self.mtu)
-        )
-        result = first if first is not None else second
-        assert result is not None  # __post_init__ guarantees one of them
-        return result
-
-    @property
-    def interface_mtu(self) -> int:
-        """max(X-CSTP-MTU, X-DTLS-MTU), the interface MTU openconnect uses (§4.3)."""
-        return max(m for m in (self.mtu, self.dtls_mtu) if m is not None)
-
     def to_headers(self) -> Headers:
         """The gateway's header block, in ocserv's order, None fields omitted."""
         items: list[tuple[str, str]] = []
-        for header, attr, kind in _RESPONSE_FIELDS:
-            value = getattr(self, attr)
-            if kind == "address_ip6":
-                items.extend(self._ip6_items())
-            elif kind == "cipher":
-                if value is not None and self.dtls_cipher_header == header:
-                    items.append((header, value))
-            elif value is None:
+        for spec in _RESPONSE_FIELDS:
+            if spec.attr.startswith("_"):
                 continue
-            elif kind in ("ips", "strs"):
-                items.extend((header, str(item)) for item in value)
-            elif kind == "nets":
-                items.extend((header, _net_text(item)) for item in value)
-            elif kind == "bool":
-                items.append((header, "true" if value else "false"))
-            elif kind in ("session_id", "app_id"):
-                items.append((header, value.hex()))
-            else:  # str, uint, seconds, mtu, port, address, netmask
-                items.append((header, str(value)))
+            if spec.attr == "address_ip6":
+                items.extend(self._ip6_items())
+                continue
+            value = getattr(self, spec.attr)
+            if value is None or (
+                spec.attr == "dtls_cipher" and spec.header != self.dtls_cipher_header
+            ):
+                continue
+            if spec.many:
+                items.extend((spec.header, spec.kind.format(item)) for item in value)
+            else:
+                items.append((spec.header, spec.kind.format(value)))
         items.extend(self.unknown)
-        return [_header(name, value) for name, value in items]
+        return [encode_header(name, value) for name, value in items]
 
     def _ip6_items(self) -> list[tuple[str, str]]:
         iface = self.address_ip6
         if iface is None:
             return []
         if not self.ip6_legacy_headers:
-            return [("X-CSTP-Address-IP6", iface.with_prefixlen)]
+            return [("X-CSTP-Address-IP6", kinds.IPV6_INTERFACE.format(iface))]
         net = iface.network
         return [
             ("X-CSTP-Address", str(iface.ip)),
@@ -740,62 +565,25 @@ def parse_connect_response_untrusted(headers: Iterable[tuple[bytes, bytes]]) -> 
     lists: dict[str, list[Any]] = {}
     unknown: list[tuple[str, str]] = []
     ciphers: dict[str, str] = {}
-    addr6: ipaddress.IPv6Address | None = None
-    mask6: ipaddress.IPv6Interface | None = None
     for raw_name, raw_value in headers:
-        name = _name_untrusted(raw_name)
+        name = header_name_untrusted(raw_name)
         key = name.lower()
-        value = _value_untrusted(name, raw_value)
-        spec = _RESPONSE_BY_NAME.get(key)
-        if spec is None:
+        value = header_value_untrusted(name, raw_value)
+        specs = _RESPONSE_BY_NAME.get(key)
+        if specs is None:
             if key.startswith(_UNKNOWN_PREFIXES):
                 unknown.append((name, value))
             continue
-        header, attr, kind = spec
-        if kind == "str":
-            scalars[attr] = value
-        elif kind == "seconds":
-            scalars[attr] = _seconds(header, value)
-        elif kind == "uint":
-            scalars[attr] = _uint(header, value)
-        elif kind in ("mtu", "port"):
-            scalars[attr] = _uint(header, value, 1, 65535)
-        elif kind == "bool":
-            scalars[attr] = _bool(header, value)
-        elif kind == "ips":
-            lists.setdefault(attr, []).append(
-                _addr(ipaddress.ip_address, "an IP address", header, value)
-            )
-        elif kind == "nets":
-            lists.setdefault(attr, []).append(_addr(_net, "a network", header, value))
-        elif kind == "strs":
-            lists.setdefault(attr, []).append(value)
-        elif kind == "address":
-            # Without full IPv6 capability ocserv sends the IPv6 lease here (§4.3).
-            if ":" in value:
-                addr6 = _addr(ipaddress.IPv6Address, "an IPv6 address", header, value)
-            else:
-                scalars[attr] = _addr(ipaddress.IPv4Address, "an IPv4 address", header, value)
-        elif kind == "netmask":
-            if ":" in value:
-                mask6 = _addr(ipaddress.IPv6Interface, "an IPv6 address/prefix", header, value)
-            else:
-                mask = _addr(ipaddress.IPv4Address, "an IPv4 address", header, value)
-                if _prefixlen(mask) is None:
-                    raise BadPacketError(
-                        f"{header}: not a contiguous netmask: {_show(header, value)}"
-                    )
-                scalars[attr] = mask
-        elif kind == "address_ip6":
-            scalars[attr] = _addr(ipaddress.IPv6Interface, "an IPv6 address/prefix", header, value)
-        elif kind == "session_id":
-            scalars[attr] = _hex(header, value, min_size=SESSION_ID_SIZE, max_size=SESSION_ID_SIZE)
-        elif kind == "app_id":
-            scalars[attr] = _hex(header, value, min_size=1, max_size=SESSION_ID_SIZE)
-        else:  # cipher
-            if not value:
-                raise BadPacketError(f"{header}: empty cipher name")
-            ciphers[header] = value
+        spec = _pick(specs, value)
+        parsed = spec.kind.parse(spec.header, value)
+        if spec.many:
+            lists.setdefault(spec.attr, []).append(parsed)
+        elif spec.attr == "dtls_cipher":
+            ciphers[spec.header] = parsed
+        else:
+            scalars[spec.attr] = parsed
+    addr6: ipaddress.IPv6Address | None = scalars.pop("_address6", None)
+    mask6: ipaddress.IPv6Interface | None = scalars.pop("_netmask6", None)
     if "address_ip6" not in scalars and addr6 is not None:
         prefix = mask6.network.prefixlen if mask6 is not None else 128
         scalars["address_ip6"] = ipaddress.IPv6Interface((addr6, prefix))

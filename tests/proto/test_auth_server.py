@@ -45,7 +45,8 @@ from loadgen.proto.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from loadgen.proto.http import CookieJar
+from loadgen.proto.http import CookieJar, parse_cookies
+from loadgen.proto.personality import personality_for
 
 DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
@@ -87,6 +88,7 @@ EXPIRED = "expires=Thu, 01 Jan 1970 22:00:00 GMT; path=/; Secure; HttpOnly"
 GROUPS = (GroupSpec("group1"), GroupSpec("group2", "Group Two"))
 ALICE = {"alice": UserSpec("s3cret")}
 RETRY_MESSAGE = "Login failed.\nPlease enter your password."
+OCSERV = personality_for("ocserv")
 
 
 # -- the in-memory wire ----------------------------------------------------------------
@@ -107,9 +109,7 @@ class Wire:
 
     def cookies(self) -> dict[str, str]:
         # what a gateway parses out of the Cookie header
-        header = self.jar.header_value() or ""
-        pairs = (part.partition("=") for part in header.split("; ") if part)
-        return {name: value for name, _, value in pairs}
+        return parse_cookies([self.jar.header_value() or ""])
 
     def send(self, path: str, body: bytes = b"", method: str = "POST") -> AuthResponse:
         response = self.server.handle(
@@ -150,7 +150,7 @@ def make_flow(
 
 
 def make_server(**policy: object) -> AuthServer:
-    return AuthServer(AuthPolicy(**policy), random_bytes=seeded())  # type: ignore[arg-type]
+    return AuthServer(AuthPolicy(**policy), personality=OCSERV, random_bytes=seeded())  # type: ignore[arg-type]
 
 
 def reply(fields: dict[str, str], group: str | None = None) -> bytes:
@@ -464,7 +464,7 @@ def test_reject_ratio_zero_accepts_and_draws_nothing_extra() -> None:
         sizes.append(size)
         return source(size)
 
-    wire = Wire(AuthServer(AuthPolicy(reject_ratio=0.0), random_bytes=counting))
+    wire = Wire(AuthServer(AuthPolicy(reject_ratio=0.0), personality=OCSERV, random_bytes=counting))
     converse(make_flow(), wire)
     assert wire.log[-1].success is not None
     assert sizes == [32, 32]  # the context id and the session cookie, nothing else
@@ -475,7 +475,7 @@ def test_reject_ratio_is_decided_by_the_injected_source(draw: bytes, accepted: b
     def scripted(size: int) -> bytes:
         return draw if size == 8 else bytes(range(size))
 
-    wire = Wire(AuthServer(AuthPolicy(reject_ratio=0.5), random_bytes=scripted))
+    wire = Wire(AuthServer(AuthPolicy(reject_ratio=0.5), personality=OCSERV, random_bytes=scripted))
     wire.send("/", init())
     wire.send("/auth", reply({"username": "u"}))
     assert (wire.send("/auth", reply({"password": "p"})).success is not None) is accepted
@@ -667,7 +667,7 @@ def test_methods() -> None:
 
 def test_secrets_stay_out_of_reprs() -> None:
     policy = AuthPolicy(users={"alice": UserSpec("s3cret")})
-    server = AuthServer(policy, random_bytes=seeded())
+    server = AuthServer(policy, personality=OCSERV, random_bytes=seeded())
     wire = Wire(server)
     converse(make_flow(), wire)
     token = wire.jar.get("webvpn")
@@ -706,14 +706,16 @@ def test_policy_is_copied_and_validated() -> None:
         with pytest.raises(ValueError):
             AuthPolicy(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="XML"):
-        AuthServer(AuthPolicy(groups=(GroupSpec("a\x01"),)), random_bytes=seeded())
+        AuthServer(
+            AuthPolicy(groups=(GroupSpec("a\x01"),)), personality=OCSERV, random_bytes=seeded()
+        )
 
 
 def test_a_broken_random_source_is_our_bug() -> None:
-    server = AuthServer(AuthPolicy(), random_bytes=lambda n: b"short")
+    server = AuthServer(AuthPolicy(), personality=OCSERV, random_bytes=lambda n: b"short")
     with pytest.raises(LocalProtocolError):
         server.handle(method="POST", path="/", cookies={}, body=init(), now=0)
-    constant = AuthServer(AuthPolicy(), random_bytes=lambda n: b"\x00" * n)
+    constant = AuthServer(AuthPolicy(), personality=OCSERV, random_bytes=lambda n: b"\x00" * n)
     constant.handle(method="POST", path="/", cookies={}, body=init(), now=0)
     with pytest.raises(LocalProtocolError, match="repeating"):
         constant.handle(method="POST", path="/", cookies={}, body=init(), now=0)
@@ -756,7 +758,7 @@ def fuzz_server() -> AuthServer:
         context_ttl_s=5,
         reject_ratio=0.3,
     )
-    return AuthServer(policy, random_bytes=seeded())
+    return AuthServer(policy, personality=OCSERV, random_bytes=seeded())
 
 
 def check(response: object, server: AuthServer) -> None:

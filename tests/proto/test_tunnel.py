@@ -14,15 +14,12 @@ from hypothesis import strategies as st
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
 from loadgen.proto.tunnel import (
     CISCO_PROTOCOL,
-    DEFAULT_DTLS12_PRIORITIES,
-    DEFAULT_LEGACY_PRIORITIES,
     DTLS12_CIPHER_HEADER,
     DTLS_CIPHER_HEADER,
     CipherHeader,
     ConnectRequest,
     NoSessionCookieError,
     TunnelParams,
-    choose_dtls_cipher,
     openconnect_tunnel_mtu,
     parse_connect_response_untrusted,
 )
@@ -142,10 +139,7 @@ def test_psk_capture_parses_into_fields() -> None:
     assert p.dtls_app_id == bytes.fromhex(APP_ID)
     assert p.dtls_session_id is None
     assert (p.dtls_cipher, p.dtls_cipher_header) == ("PSK-NEGOTIATE", DTLS_CIPHER_HEADER)
-    assert p.dtls_psk
     assert (p.base_mtu, p.mtu, p.dtls_mtu) == (1500, 1434, None)
-    assert p.dtls_offered
-    assert p.data_mtu("cstp") == p.data_mtu("dtls") == p.interface_mtu == 1434
     assert p.gateway_tunnel_address == ipaddress.IPv4Address("10.77.0.1")
     assert p.unknown == ()
     assert p.dns == p.split_include == ()
@@ -156,9 +150,7 @@ def test_legacy_capture_parses_into_fields() -> None:
     assert p.dtls_session_id == bytes.fromhex(SESSION_ID)
     assert p.dtls_app_id is None
     assert (p.dtls_cipher, p.dtls_cipher_header) == ("AES128-SHA", DTLS_CIPHER_HEADER)
-    assert not p.dtls_psk
     assert (p.mtu, p.dtls_mtu) == (1406, 1406)
-    assert p.dtls_offered
 
 
 def test_dtls12_answer_and_precedence() -> None:
@@ -215,7 +207,6 @@ def test_names_are_case_insensitive() -> None:
         [(b"x-cstp-address", b"10.0.0.2"), (b"X-dtls-MTU", b"1400")]
     )
     assert (p.address, p.dtls_mtu, p.mtu) == (ipaddress.IPv4Address("10.0.0.2"), 1400, None)
-    assert p.data_mtu("cstp") == 1400
 
 
 def test_repeated_and_unknown_headers() -> None:
@@ -521,57 +512,7 @@ def test_request_invariants() -> None:
     assert "tok" not in str(info.value)
 
 
-# -- choosing the DTLS cipher (§6) ------------------------------------------------
-
-
-def offer(dtls: str | None, dtls12: str | None = None, secret: bool = True) -> ConnectRequest:
-    return minimal_request(
-        dtls_ciphers=None if dtls is None else tuple(dtls.split(":")),
-        dtls12_ciphers=None if dtls12 is None else tuple(dtls12.split(":")),
-        dtls_master_secret=MASTER_SECRET if secret else None,
-    )
-
-
-def test_cipher_choice_rule() -> None:
-    # openconnect's default offer: X-DTLS12 wins (vector "via X-DTLS12-CipherSuite").
-    assert choose_dtls_cipher(offer(OC_DTLS_OFFER, OC_DTLS12_OFFER)) == (
-        "AES256-GCM-SHA384",
-        DTLS12_CIPHER_HEADER,
-    )
-    assert choose_dtls_cipher(offer("AES128-SHA")) == ("AES128-SHA", DTLS_CIPHER_HEADER)
-    # Server priority, not client order.
-    assert choose_dtls_cipher(offer("AES128-SHA:AES256-SHA")) == ("AES256-SHA", DTLS_CIPHER_HEADER)
-    assert choose_dtls_cipher(offer(OC_DTLS_OFFER)) == ("OC-DTLS1_2-AES256-GCM", DTLS_CIPHER_HEADER)
-    # ASA-style list; ECDHE from ocserv master's table.
-    assert choose_dtls_cipher(
-        offer(None, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384")
-    ) == (
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        DTLS12_CIPHER_HEADER,
-    )
-    # Nothing known in X-DTLS12: fall back to X-DTLS-CipherSuite.
-    assert choose_dtls_cipher(offer("AES128-SHA", "DHE-RSA-AES256-SHA")) == (
-        "AES128-SHA",
-        DTLS_CIPHER_HEADER,
-    )
-    # PSK-NEGOTIATE alone, unknown names, or no master secret: no DTLS.
-    assert choose_dtls_cipher(offer("PSK-NEGOTIATE")) is None
-    assert choose_dtls_cipher(offer("OC2-DTLS1_2-CHACHA20-POLY1305", "PSK-NEGOTIATE")) is None
-    assert choose_dtls_cipher(offer(None)) is None
-    assert choose_dtls_cipher(offer("AES128-SHA", secret=False)) is None
-
-
-def test_cipher_choice_with_custom_tables() -> None:
-    ocserv_116 = {"AES256-GCM-SHA384": 90, "AES128-GCM-SHA256": 50}
-    req = offer("AES256-SHA", "ECDHE-RSA-AES256-GCM-SHA384")
-    assert choose_dtls_cipher(req, dtls12_prefs=ocserv_116) == ("AES256-SHA", DTLS_CIPHER_HEADER)
-    tie = {"AES128-SHA": 5, "AES256-SHA": 5}
-    assert choose_dtls_cipher(offer("AES128-SHA:AES256-SHA"), legacy_prefs=tie) == (
-        "AES128-SHA",
-        DTLS_CIPHER_HEADER,
-    )
-    assert DEFAULT_LEGACY_PRIORITIES["OC-DTLS1_2-AES256-GCM"] == 90
-    assert DEFAULT_DTLS12_PRIORITIES["ECDHE-RSA-AES128-GCM-SHA256"] == 70
+# -- the header names the DTLS tables use -------------------------------------------
 
 
 def test_cipher_header_names_match_the_dtls_tables() -> None:
