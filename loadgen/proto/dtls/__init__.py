@@ -3,11 +3,24 @@
 Cisco's "resumption" mode: the client-chosen ``X-DTLS-Master-Secret`` is the
 master secret of a session that never existed, and an abbreviated handshake
 resumes ``X-DTLS-Session-ID`` (DTLS 0.9 with CBC suites, DTLS 1.2 with GCM or
-CBC).  Built on `cryptography` primitives only.
+CBC).  Built on `cryptography` primitives only.  ``DtlsConnection`` is one
+association, either role; ``DtlsServer`` is the gateway's many associations
+behind one port (§7.1).
 """
 
 from __future__ import annotations
 
+from loadgen.proto.dtls.association import (
+    AssociationDown,
+    AssociationUp,
+    DownReason,
+    DropReason,
+    EndpointStats,
+    FrameReceived,
+    ServerAssociation,
+    ServerEvent,
+    SessionTarget,
+)
 from loadgen.proto.dtls.ciphers import (
     DTLS0_9,
     DTLS1_2,
@@ -39,6 +52,12 @@ from loadgen.proto.dtls.events import (
     HandshakeTimedOut,
 )
 from loadgen.proto.dtls.handshake import ClientHello, parse_client_hello_datagram_untrusted
+from loadgen.proto.dtls.server import (
+    HANDOVER_GUARD_S,
+    SERVER_RETRANSMIT_SCHEDULE_S,
+    DtlsServer,
+    screen_client_hello_untrusted,
+)
 from loadgen.proto.dtls.session import (
     DEFAULT_RETRANSMIT_SCHEDULE_S,
     DtlsCounters,
@@ -54,31 +73,44 @@ __all__ = [
     "DTLS1_2",
     "DTLS12_CIPHERS_HEADER",
     "DTLS_CIPHERS_HEADER",
+    "HANDOVER_GUARD_S",
     "KNOWN_DTLS12_CIPHERS",
     "KNOWN_DTLS_CIPHERS",
+    "SERVER_RETRANSMIT_SCHEDULE_S",
     "AlertDescription",
     "AlertLevel",
     "AlertReceived",
     "ApplicationDataReceived",
+    "AssociationDown",
+    "AssociationUp",
     "CipherSpec",
     "ClientHello",
     "ConnectionTerminated",
+    "DownReason",
+    "DropReason",
     "DtlsAlertError",
     "DtlsConnection",
     "DtlsCounters",
     "DtlsEvent",
     "DtlsHandshakeError",
+    "DtlsServer",
     "DtlsSession",
+    "EndpointStats",
     "FinishedMismatchError",
+    "FrameReceived",
     "FullHandshakeRefusedError",
     "HandshakeCompleted",
     "HandshakeTimedOut",
     "NegotiationMismatchError",
     "Role",
+    "ServerAssociation",
+    "ServerEvent",
     "SessionLookup",
+    "SessionTarget",
     "State",
     "UnknownCipherError",
     "UnknownSessionError",
     "lookup_cipher",
     "parse_client_hello_datagram_untrusted",
+    "screen_client_hello_untrusted",
 ]
