@@ -1,35 +1,45 @@
 """The embedded default target: the reference gateway as a child process on loopback.
 
-Used when a command gets no gateway URL.  A separate process keeps the
-gateway's CPU out of the client's measurements; it listens on a free port of
-127.0.0.1, its CA goes to a private temporary directory, and it is stopped
-(SIGTERM, then SIGKILL) when the caller is done, whatever happens.  If the
-caller dies without cleaning up, the gateway notices its parent is gone and
-exits (``--exit-with-parent``; PR_SET_PDEATHSIG cannot be used: trio starts
-processes from a worker thread, and the signal fires when that thread ends).
+Used when a command gets no gateway URL, and by the Locust side, the benchmarks
+and the test fixtures, all through :func:`gateway_spec` and the one child
+lifecycle (``loadgen.lifecycle``).  A separate process keeps the gateway's CPU
+out of the client's measurements; it listens on a free port of 127.0.0.1, its
+CA and log go to a directory of the caller's (a private temporary one for
+:func:`embedded_gateway`), and it is stopped (SIGTERM, then SIGKILL) when the
+caller is done, whatever happens.  If the caller dies without cleaning up, the
+gateway notices its parent is gone and exits (``--exit-with-parent``).
+
+No trio import here: the Locust side (gevent) reads the banner patterns and
+starts the gateway with the blocking runner.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
+from loadgen.lifecycle import START_TIMEOUT_S, ChildSpec, ChildStartError, open_child
 
-from loadgen.lifecycle import terminate
+__all__ = [
+    "BANNER_CA",
+    "BANNER_METRICS",
+    "BANNER_URL",
+    "EmbeddedGateway",
+    "EmbeddedGatewayError",
+    "embedded_gateway",
+    "gateway_spec",
+]
 
-__all__ = ["BANNER_CA", "BANNER_URL", "EmbeddedGateway", "embedded_gateway"]
-
-#: the banner ``loadgen gateway`` prints on stdout once it listens (one place
-#: for every reader: this module, the Locust client, the test fixture)
+#: the banner ``loadgen gateway`` prints on stdout once it listens
 BANNER_URL = re.compile(r"gateway listening: (https://\S+)")
 BANNER_CA = re.compile(r"CA certificate: (\S+)")
+#: printed after them when it serves ``--metrics-port``
+BANNER_METRICS = re.compile(r"metrics: (http://\S+)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +49,36 @@ class EmbeddedGateway:
     metrics_port: int | None
 
 
-class EmbeddedGatewayError(RuntimeError):
+class EmbeddedGatewayError(ChildStartError):
     pass
+
+
+def gateway_spec(
+    cert_dir: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    metrics_port: int | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
+) -> ChildSpec:
+    """``loadgen gateway --listen 127.0.0.1:0 --cert-dir CERT_DIR EXTRA_ARGS``: its CA
+    and its log (``gateway.log``) in ``cert_dir``; the banner gives ``url``, ``ca``
+    and, with ``--metrics-port``, ``metrics``."""
+    argv = [sys.executable, "-m", "loadgen", "gateway", "--listen", "127.0.0.1:0"]
+    argv += ["--cert-dir", str(cert_dir), *extra_args]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
+    banner: Mapping[str, re.Pattern[str]] = {"url": BANNER_URL, "ca": BANNER_CA}
+    if "--metrics-port" in argv:
+        banner = {**banner, "metrics": BANNER_METRICS}
+    return ChildSpec(
+        name="gateway",
+        argv=argv,
+        banner=banner,
+        start_timeout_s=start_timeout_s,
+        parent_flag="--exit-with-parent",
+        log_dir=cert_dir,
+        error=EmbeddedGatewayError,
+    )
 
 
 @asynccontextmanager
@@ -48,54 +86,16 @@ async def embedded_gateway(
     extra_args: Sequence[str] = (),
     *,
     metrics_port: int | None = None,
-    start_timeout_s: float = 30.0,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> AsyncIterator[EmbeddedGateway]:
+    """The trio flavour, with a private temporary directory for the CA and the log."""
     with tempfile.TemporaryDirectory(prefix="loadgen-gateway-") as tmp:
-        argv = [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--cert-dir",
-            tmp,
-            *extra_args,
-        ]
-        if metrics_port is not None:
-            argv += ["--metrics-port", str(metrics_port)]
-        log_path = Path(tmp) / "gateway.log"
-        with log_path.open("wb") as log:
-            proc = await trio.lowlevel.open_process(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
+        spec = gateway_spec(
+            Path(tmp), extra_args, metrics_port=metrics_port, start_timeout_s=start_timeout_s
+        )
+        async with open_child(spec) as child:
+            yield EmbeddedGateway(
+                url=child.banner["url"],
+                ca_path=Path(child.banner["ca"]),
+                metrics_port=metrics_port,
             )
-        try:
-            url, ca = await _read_banner(proc, start_timeout_s, log_path)
-            yield EmbeddedGateway(url=url, ca_path=ca, metrics_port=metrics_port)
-        finally:
-            with trio.CancelScope(shield=True):
-                await terminate(proc)
-
-
-async def _read_banner(proc: trio.Process, timeout_s: float, log_path: Path) -> tuple[str, Path]:
-    assert proc.stdout is not None
-    buf = b""
-    url = ca = None
-    with trio.move_on_after(timeout_s):
-        while url is None or ca is None:
-            chunk = await proc.stdout.receive_some(4096)
-            if not chunk:
-                break
-            buf += chunk
-            text = buf.decode("utf-8", "replace")
-            if m := BANNER_URL.search(text):
-                url = m.group(1)
-            if m := BANNER_CA.search(text):
-                ca = Path(m.group(1))
-    if url is None or ca is None:
-        tail = log_path.read_text(errors="replace")[-1500:]
-        raise EmbeddedGatewayError(f"the embedded gateway did not start: {tail}")
-    return url, ca
