@@ -5,8 +5,9 @@ the engine runs in the sidecar (``loadgen.locust.sidecar``), one per Locust
 process that runs users.  A reader greenlet decodes the sidecar's replies,
 fires ``events.request`` for each of them (``connect`` rows per phase and for
 the whole, ``echo`` rows per channel) and wakes the greenlet waiting for the
-request's final reply.  The embedded reference gateway is started here too,
-as a plain child process (``loadgen.gateway.embedded`` is trio).
+request's final reply.  The sidecar and the embedded reference gateway are
+children of the one lifecycle (``loadgen.lifecycle``, its blocking runner,
+cooperative under gevent's monkey-patching).
 
 Secrets: the password travels in the ``connect`` frame only; no event, log
 line or exception carries it.
@@ -19,24 +20,25 @@ import dataclasses
 import itertools
 import logging
 import os
-import re
 import shutil
-import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 import gevent.event  # type: ignore[import-untyped]
 import gevent.lock  # type: ignore[import-untyped]
 import gevent.os  # type: ignore[import-untyped]
-import gevent.subprocess  # type: ignore[import-untyped]
 
-from loadgen.gateway.embedded import BANNER_CA, BANNER_URL
+from loadgen import lifecycle
+from loadgen.gateway.embedded import gateway_spec
+from loadgen.lifecycle import TAG_ENV, Child, ChildSpec, ChildStartError
 from loadgen.locust.protocol import (
     CommandRejected,
     Connect,
@@ -67,19 +69,12 @@ __all__ = [
 
 log = logging.getLogger("loadgen.locust")
 
-#: an optional marker put on the command lines of our child processes
-#: (``pgrep -f`` finds them; tests use it to prove none is left behind)
-TAG_ENV = "LOADGEN_LOCUST_TAG"
 START_S = 30.0
 CLOSE_S = 10.0
+#: after CLOSE_S, how long a SIGTERM has before SIGKILL
+KILL_GRACE_S = 2.0
 #: beyond the request's own bounds, how long a waiting greenlet trusts the sidecar
 REPLY_SLACK_S = 30.0
-_TAG_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def _tag() -> str:
-    tag = os.environ.get(TAG_ENV, "")
-    return tag if _TAG_OK.fullmatch(tag) else ""
 
 
 class SidecarError(RuntimeError):
@@ -114,7 +109,7 @@ class SidecarClient:
 
     def __init__(self, fire: RequestEvent) -> None:
         self._fire = fire
-        self._proc: gevent.subprocess.Popen | None = None
+        self._proc: Child | None = None
         self._to_child = -1
         self._from_child = -1
         self._write_lock = gevent.lock.Semaphore()
@@ -148,25 +143,26 @@ class SidecarClient:
     ) -> None:
         """Start the sidecar and wait for it; with ``metrics_port`` it serves
         Prometheus metrics there (``metrics_url`` says whether it could)."""
-        argv = [
-            sys.executable,
-            "-m",
-            "loadgen.locust.sidecar",
-            "--parent-pid",
-            str(os.getpid()),
-        ]
-        if tag := _tag():
-            argv += ["--tag", tag]
+        argv = [sys.executable, "-m", "loadgen.locust.sidecar"]
         if metrics_port is not None:
             argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         child_in, self._to_child = os.pipe()
         self._from_child, child_out = os.pipe()
         try:
-            # a session of its own: a terminal's Ctrl-C reaches Locust, which
-            # then stops the sidecar in order (the sessions DISCONNECT first)
-            self._proc = gevent.subprocess.Popen(
-                argv, stdin=child_in, stdout=child_out, close_fds=True, start_new_session=True
+            # frames over its stdin and stdout; readiness is its SidecarReady frame.
+            # A session of its own: a terminal's Ctrl-C reaches Locust, which then
+            # stops the sidecar in order (the sessions DISCONNECT first).
+            spec = ChildSpec(
+                name="engine sidecar",
+                argv=argv,
+                parent_flag="--parent-pid",
+                tag_flag="--tag",
+                stdin=child_in,
+                stdout=child_out,
+                stderr=None,
+                new_session=True,
             )
+            self._proc = lifecycle.start_child(spec)
         except OSError:
             self._close_fds()
             raise
@@ -186,11 +182,12 @@ class SidecarClient:
             raise
 
     def close(self, timeout_s: float = CLOSE_S) -> None:
-        """Shutdown, then EOF; the sidecar DISCONNECTs its sessions and exits."""
+        """Shutdown, then EOF; the sidecar DISCONNECTs its sessions and exits
+        (else SIGTERM, then SIGKILL)."""
         if self._proc is None or self._closing:
             return
         self._closing = True
-        proc = self._proc
+        child = self._proc
         if not self._dead:
             with contextlib.suppress(OSError), gevent.Timeout(2.0, False):
                 self._write(encode_message(Shutdown()))
@@ -198,12 +195,11 @@ class SidecarClient:
             os.close(self._to_child)
             self._to_child = -1
         try:
-            proc.wait(timeout=timeout_s)
-        except gevent.subprocess.TimeoutExpired:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
             log.warning("the engine sidecar did not stop within %g s; killing it", timeout_s)
-            proc.kill()
-            proc.wait()
-        log.debug("engine sidecar %s exited with %s", proc.pid, proc.returncode)
+        child.stop(KILL_GRACE_S)
+        log.debug("engine sidecar %s exited with %s", child.pid, child.returncode)
         if self._reader is not None:
             self._reader.join(timeout=2.0)
             self._reader.kill(block=False)
@@ -428,89 +424,37 @@ class GatewayInfo:
 
 
 class GatewayProcess:
-    """``python -m loadgen gateway`` on a free loopback port, as a gevent child.
-
-    The same contract as ``loadgen.gateway.embedded``: a private temporary
-    directory for its CA, SIGTERM then SIGKILL at ``stop``, and
-    ``--exit-with-parent`` so it exits by itself if this process dies.
-    """
+    """``python -m loadgen gateway`` on a free loopback port, as a child of this
+    (gevent) process: ``loadgen.gateway.embedded``'s spec on the blocking runner,
+    in a private temporary directory, in a session of its own."""
 
     def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
         self._extra = extra_args
-        self._proc: gevent.subprocess.Popen | None = None
+        self._child: Child | None = None
         self._tmp: str | None = None
-        self._drain: gevent.Greenlet | None = None
         self.info: GatewayInfo | None = None
 
     def start(self, timeout_s: float = START_S) -> GatewayInfo:
-        tag = _tag()
+        tag = lifecycle.tag()
         # the marker goes into the command line through the directory name
         self._tmp = tempfile.mkdtemp(prefix=f"loadgen-locust-gw-{tag}-" if tag else "loadgen-gw-")
-        argv = [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--cert-dir",
-            self._tmp,
-            "--exit-with-parent",
-            str(os.getpid()),
-            *self._extra,
-        ]
-        log_path = os.path.join(self._tmp, "gateway.log")
-        with open(log_path, "wb") as log_file:
-            self._proc = gevent.subprocess.Popen(
-                argv,
-                stdin=gevent.subprocess.DEVNULL,
-                stdout=gevent.subprocess.PIPE,
-                stderr=log_file,
-                close_fds=True,
-                start_new_session=True,
-            )
-        url = ca = None
-        with gevent.Timeout(timeout_s, False):
-            assert self._proc.stdout is not None
-            while url is None or ca is None:
-                line = self._proc.stdout.readline().decode(errors="replace")
-                if not line:
-                    break
-                if m := BANNER_URL.search(line):
-                    url = m.group(1)
-                if m := BANNER_CA.search(line):
-                    ca = m.group(1)
-        if url is None or ca is None:
-            with open(log_path, errors="replace") as f:
-                tail = f.read()[-1500:]
+        spec = gateway_spec(Path(self._tmp), self._extra, start_timeout_s=timeout_s)
+        try:
+            self._child = lifecycle.start_child(dataclasses.replace(spec, new_session=True))
+        except ChildStartError as exc:
             self.stop()
-            raise SidecarError(f"the embedded gateway did not start: {tail}")
-        # keep reading its stdout: a full pipe would block the gateway
-        self._drain = gevent.spawn(self._drain_stdout)
-        self.info = GatewayInfo(url=url, ca_path=ca)
+            raise SidecarError(str(exc)) from None
+        except BaseException:
+            self.stop()
+            raise
+        banner = self._child.banner
+        self.info = GatewayInfo(url=banner["url"], ca_path=banner["ca"])
         return self.info
 
-    def _drain_stdout(self) -> None:
-        proc = self._proc
-        if proc is None or proc.stdout is None:
-            return
-        while proc.stdout.read(4096):
-            pass
-
     def stop(self, timeout_s: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout_s)
-                except gevent.subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if self._drain is not None:
-                self._drain.kill(block=False)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(timeout_s)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
