@@ -235,7 +235,7 @@ class _Launch:
         if self.log_path is None:
             yield self.options
             return
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("wb") as log:
             yield {**self.options, "stderr": log}
 
     def start_error(
@@ -614,11 +614,16 @@ async def open_child(spec: ChildSpec) -> AsyncIterator[TrioChild]:
 # -- inside our own children (trio) ---------------------------------------------------
 
 
-async def watch_signals(stop: trio.Event) -> None:
-    """Set ``stop`` at the first SIGTERM or SIGINT."""
+async def watch_signals(
+    stop: trio.Event, *, task_status: trio.TaskStatus[None] | None = None
+) -> None:
+    """Set ``stop`` at the first SIGTERM or SIGINT.  Start it with ``nursery.start``
+    before printing the banner: until the receiver is open, SIGTERM kills outright."""
     import trio
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        if task_status is not None:
+            task_status.started()
         async for _ in signals:
             stop.set()
             return

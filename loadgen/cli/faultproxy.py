@@ -158,12 +158,13 @@ async def _serve(
             print(f"loadgen faultproxy: --config: {exc.message}", file=sys.stderr)
             nursery.cancel_scope.cancel()
             return False
-        shown = f"[{host}]" if ":" in host else host
-        print(f"{BANNER_PREFIX}http://{shown}:{bound}", flush=True)
         stop = trio.Event()
         if parent_pid is not None:
             nursery.start_soon(watch_parent, parent_pid, stop)
-        nursery.start_soon(watch_signals, stop)
+        # before the banner: a parent may send SIGTERM as soon as it has read it
+        await nursery.start(watch_signals, stop)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"{BANNER_PREFIX}http://{shown}:{bound}", flush=True)
         await stop.wait()
         print("stopping the faultproxy", file=sys.stderr, flush=True)
         nursery.cancel_scope.cancel()

@@ -1,13 +1,10 @@
 """The reference gateway as a test fixture: a subprocess (``loadgen gateway``,
-as users run it) or in-process on a trio nursery."""
+as users run it, through ``loadgen.gateway.embedded``'s spec and the one child
+lifecycle) or in-process on a trio nursery."""
 
 from __future__ import annotations
 
-import signal
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +14,10 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from loadgen.gateway.config import GatewayConfig
-from loadgen.gateway.embedded import BANNER_CA, BANNER_URL
+from loadgen.gateway.embedded import gateway_spec
 from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
+from loadgen.lifecycle import Child, start_child
 from loadgen.metrics.gateway import GatewayMetrics
 
 __all__ = ["GatewayProcess", "gateway_process", "start_gateway"]
@@ -29,8 +27,11 @@ __all__ = ["GatewayProcess", "gateway_process", "start_gateway"]
 class GatewayProcess:
     url: str
     ca_path: Path
-    proc: subprocess.Popen[str]
+    #: the child (Popen-like: ``pid``, ``send_signal``, ``wait``, ``poll``)
+    proc: Child
     stderr_path: Path
+    #: the ``metrics:`` line of the banner, with ``--metrics-port``
+    metrics_url: str | None = None
 
     @property
     def port(self) -> int:
@@ -44,50 +45,19 @@ class GatewayProcess:
 def gateway_process(
     cert_dir: Path, *args: str, start_timeout_s: float = 20.0
 ) -> Iterator[GatewayProcess]:
-    """``loadgen gateway --listen 127.0.0.1:0`` with ``args``; stopped by SIGTERM."""
-    stderr_path = cert_dir / "gateway.log"
+    """``loadgen gateway --listen 127.0.0.1:0 -v`` with ``args``, its CA and log
+    (``gateway.log``) in ``cert_dir``; stopped by SIGTERM (then SIGKILL)."""
     cert_dir.mkdir(parents=True, exist_ok=True)
-    with stderr_path.open("w") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "loadgen",
-                "gateway",
-                "--listen",
-                "127.0.0.1:0",
-                "--cert-dir",
-                str(cert_dir),
-                "-v",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
+    spec = gateway_spec(cert_dir, ("-v", *args), start_timeout_s=start_timeout_s)
+    with start_child(spec) as child:
+        assert child.log_path is not None
+        yield GatewayProcess(
+            url=child.banner["url"],
+            ca_path=Path(child.banner["ca"]),
+            proc=child,
+            stderr_path=child.log_path,
+            metrics_url=child.banner.get("metrics"),
         )
-    try:
-        url = ca = None
-        deadline = time.monotonic() + start_timeout_s
-        assert proc.stdout is not None
-        while (url is None or ca is None) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if m := BANNER_URL.search(line):
-                url = m.group(1)
-            if m := BANNER_CA.search(line):
-                ca = m.group(1)
-        if url is None or ca is None:
-            raise RuntimeError(f"gateway did not start: {stderr_path.read_text()[-2000:]}")
-        yield GatewayProcess(url=url, ca_path=Path(ca), proc=proc, stderr_path=stderr_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 async def start_gateway(
