@@ -256,9 +256,15 @@ UINT: Final = HeaderKind[int]("uint", _uint, str)
 SECONDS: Final = HeaderKind[int | None]("seconds", _seconds, str)
 #: MTUs and ports: 1..65535
 UINT16: Final = HeaderKind[int]("uint16", _uint_in(1, 65535), str)
-BOOL: Final = HeaderKind[bool]("bool", _bool, lambda v: "true" if v else "false")
-#: a capability flag, sent only when true
-FLAG: Final = HeaderKind[bool]("flag", _flag, lambda v: "true")
+
+
+def _bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+BOOL: Final = HeaderKind[bool]("bool", _bool, _bool_text)
+#: a capability flag (tables send it only when true)
+FLAG: Final = HeaderKind[bool]("flag", _flag, _bool_text)
 TEXT: Final = HeaderKind[str]("text", _text, str)
 IP_ADDRESS: Final = HeaderKind[IPAddress](
     "ip", _through(ipaddress.ip_address, "an IP address"), str

@@ -105,6 +105,14 @@ class HttpServerConnection:
             if event is h11.NEED_DATA:
                 return None
             if isinstance(event, h11.Request):
+                # h11 bounds an incomplete head only; one that came whole is bounded here
+                size = len(event.target) + sum(
+                    len(k) + len(v) + 4 for k, v in event.headers.raw_items()
+                )
+                if size > MAX_HEADER_BYTES:
+                    raise BadRequestError(
+                        f"malformed HTTP: request head over {MAX_HEADER_BYTES} bytes"
+                    )
                 self._request = event
             elif isinstance(event, h11.Data):
                 self._body += event.data
@@ -119,7 +127,8 @@ class HttpServerConnection:
     def mid_request(self) -> bool:
         """Whether part of a request has arrived: a timeout now is a stalling client."""
         # h11 stays IDLE until a whole head arrived: a partial one is still in its buffer
-        started = self._request is not None or self._h11.their_state is not h11.IDLE
+        state = self._h11.their_state
+        started = self._request is not None or state not in (h11.IDLE, h11.CLOSED)
         return started or bool(self._h11.trailing_data[0])
 
     def _finish(self) -> HttpRequest:

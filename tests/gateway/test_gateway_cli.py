@@ -23,6 +23,7 @@ from loadgen.engine.session import SessionConfig, open_session
 from loadgen.engine.tls import TlsOptions, build_client_context
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, Reason
+from loadgen.proto.personality import personality_names
 from tests.helpers.gateway import GatewayProcess, gateway_process
 
 _METRICS_URL = re.compile(r"metrics: (http://\S+)")
@@ -88,9 +89,12 @@ def test_help_explains_the_options() -> None:
         "--dtls-ciphers",
         "--max-sessions",
         "--delay-auth-ms",
+        "--personality",
     ):
         assert option in proc.stdout, option
     assert "never routes" in proc.stdout
+    # the choices are the registry's
+    assert "{" + ",".join(personality_names()) + "}" in proc.stdout
 
 
 def test_startup_lines_and_the_ca_is_reused(tmp_path: Path) -> None:
@@ -197,6 +201,7 @@ async def test_sigterm_stops_cleanly_with_a_session_connected(tmp_path: Path) ->
         (["--pool", "not-a-network"], "--pool"),
         (["--user", "nopassword"], "NAME:PASSWORD"),
         (["--reject-ratio", "2"], "reject"),
+        (["--personality", "nonesuch"], "invalid choice"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

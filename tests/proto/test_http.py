@@ -14,7 +14,11 @@ from loadgen.proto.http import (
     CookieJar,
     HttpConnection,
     build_common_headers,
+    cookie_pairs,
+    parse_cookies,
+    request_cookies,
 )
+from loadgen.proto.tunnel import ConnectRequest, NoSessionCookieError
 
 HEADERS = build_common_headers(host="127.0.0.1:4443", user_agent="AnyConnect Linux_64 4.10.07061")
 
@@ -166,3 +170,56 @@ def test_complete_but_huge_header_block_is_a_bad_packet() -> None:
     conn.receive_data(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 10) + b"\r\n\r\n")
     with pytest.raises(BadPacketError):
         conn.next_response_untrusted()
+
+
+# -- the one Cookie parser (gateway, auth server, ConnectRequest) ----------------------------
+
+
+def test_cookie_pairs_and_their_blanks() -> None:
+    assert list(cookie_pairs(" a=1 ;b = 2;;noequals; =nameless;c=")) == [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", ""),
+    ]
+    assert list(cookie_pairs("v=bu:/&p:t=x")) == [("v", "bu:/&p:t=x")]
+
+
+def test_the_last_non_empty_value_wins() -> None:
+    assert parse_cookies(["webvpn=first; webvpncontext=c", "webvpn=second"]) == {
+        "webvpn": "second",
+        "webvpncontext": "c",
+    }
+    # an empty value is no value: it never hides an earlier one
+    assert parse_cookies(["webvpn=first", "webvpn="]) == {"webvpn": "first"}
+    assert parse_cookies(["webvpn="]) == {}
+
+
+def test_request_cookies_read_every_cookie_header() -> None:
+    headers = [
+        (b"Host", b"gw"),
+        (b"Cookie", b"webvpncontext=abc"),
+        (b"cookie", b"webvpn=tok\xe9"),
+        (b"X-Cookie", b"webvpn=no"),
+    ]
+    assert request_cookies(headers) == {"webvpncontext": "abc", "webvpn": "tok\u00e9"}
+
+
+def test_jar_cookies_come_back_as_sent() -> None:
+    jar = CookieJar()
+    jar.update_from_headers([(b"Set-Cookie", b" webvpn = tok ; Secure"), (b"Set-Cookie", b"a=b")])
+    assert parse_cookies([jar.header_value() or ""]) == {"webvpn": "tok", "a": "b"}
+
+
+cookie_text_st = st.text(st.sampled_from("ab=; \tw"), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cookie_text_st, max_size=4))
+def test_the_gateway_and_connect_agree_on_the_session_cookie(values: list[str]) -> None:
+    headers = [(b"Cookie", v.encode()) for v in values]
+    wanted = request_cookies(headers).get("webvpn")
+    try:
+        cookie = ConnectRequest.from_headers_untrusted(headers).cookie
+    except NoSessionCookieError:
+        cookie = None
+    assert cookie == wanted
