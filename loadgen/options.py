@@ -49,9 +49,12 @@ __all__ = [
     "OptionError",
     "Spec",
     "add_arguments",
+    "dest_of",
     "flag_of",
     "from_namespace",
+    "namespace_keys",
     "specs",
+    "to_argv",
 ]
 
 log = logging.getLogger("loadgen.options")
@@ -135,12 +138,14 @@ class Spec:
     secret: bool = False
     #: Locust only: an environment variable that also sets it
     env_var: str | None = None
+    #: value to text, as ``parse`` reads it back
+    show: Callable[[Any], str] = field(default_factory=lambda: _text)
 
     def flag(self, front: Front) -> str:
         return flag_of(self.name, front)
 
     def dest(self, front: Front) -> str:
-        return _dest(self.name, front)
+        return dest_of(self.name, front)
 
 
 def flag_of(name: str, front: Front) -> str:
@@ -148,8 +153,10 @@ def flag_of(name: str, front: Front) -> str:
     return f"--{LOCUST_PREFIX}{name}" if front is Front.LOCUST else f"--{name}"
 
 
-def _dest(name: str, front: Front) -> str:
+def dest_of(name: str, front: Front) -> str:
+    """Where argparse (and Locust) keep option ``name``: ``vpn_dtls_port``."""
     return flag_of(name, front).lstrip("-").replace("-", "_")
+
 
 
 # -- parsers and checks -----------------------------------------------------------
@@ -280,6 +287,21 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], None]:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
 
     return check
+
+
+def _text(value: Any) -> str:
+    """30.0 as 30, 0.2 as 0.2: exact, and as a user would write it."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _seconds_list(values: tuple[float, ...]) -> str:
+    return ",".join(_text(v) for v in values)
+
+
+def _names(values: tuple[str, ...]) -> str:
+    return ":".join(values)
 
 
 def _user(value: str) -> None:
@@ -486,6 +508,7 @@ class ClientOptions:
             group="DTLS",
             parse=_cipher_list(KNOWN_DTLS_CIPHERS),
             check=_ciphers_known(KNOWN_DTLS_CIPHERS),
+            show=_names,
             metavar="LIST",
             help="X-DTLS-CipherSuite offer, colon-separated (default "
             f"{':'.join(DEFAULT_DTLS_OFFER)}); given alone, X-DTLS12-CipherSuite is not sent",
@@ -498,6 +521,7 @@ class ClientOptions:
             group="DTLS",
             parse=_cipher_list(KNOWN_DTLS12_CIPHERS),
             check=_ciphers_known(KNOWN_DTLS12_CIPHERS),
+            show=_names,
             metavar="LIST",
             help="X-DTLS12-CipherSuite offer, colon-separated (default "
             f"{':'.join(DEFAULT_DTLS12_OFFER)}); given alone, X-DTLS-CipherSuite is not sent",
@@ -510,6 +534,7 @@ class ClientOptions:
             group="DTLS",
             parse=_schedule,
             check=_schedule_ok,
+            show=_seconds_list,
             metavar="S,S,...",
             help="ClientHello send times in seconds; the last is when DTLS is given up for "
             "CSTP (AnyConnect's schedule)",
@@ -730,14 +755,6 @@ def _front_default(spec: Spec, f: Any, front: Front) -> Any:
     return f.default
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 # -- rendering --------------------------------------------------------------------------
 
 
@@ -757,7 +774,7 @@ def add_arguments(parser: Any, front: Front) -> None:
             target = groups[spec.group]
         help_text = spec.help
         if spec.parse is not None and default is not None and not spec.secret:
-            help_text += f" (default {_show(default)})"
+            help_text += f" (default {spec.show(default)})"
         flags = [spec.flag(front)]
         if spec.short and front is not Front.LOCUST:
             flags.insert(0, spec.short)
@@ -770,7 +787,7 @@ def add_arguments(parser: Any, front: Front) -> None:
             kwargs["choices"] = spec.choices
             # Locust's web UI shows the default in a text field; argparse keeps None
             # for "not given"
-            kwargs["default"] = _locust_default(default) if front is Front.LOCUST else None
+            kwargs["default"] = _locust_default(spec, default) if front is Front.LOCUST else None
         if front is Front.LOCUST:
             if spec.env_var:
                 kwargs["env_var"] = spec.env_var
@@ -788,16 +805,43 @@ def add_arguments(parser: Any, front: Front) -> None:
                 target.add_argument(flag_of(alias.name, front), **alias_kwargs)
 
 
-def _locust_default(value: Any) -> Any:
+def _locust_default(spec: Spec, value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, tuple):
-        return _show(value)
+        return spec.show(value)
     return value
 
 
+def to_argv(opts: ClientOptions, front: Front) -> list[str]:
+    """The command line that gives ``opts`` on ``front`` (what differs from the
+    defaults), secrets left out: how a parent hands its options to children."""
+    argv: list[str] = []
+    for spec, f in _SPECS_AND_FIELDS:
+        if front not in spec.fronts or spec.secret:
+            continue
+        value = getattr(opts, f.name)
+        if value == _front_default(spec, f, front):
+            continue
+        if spec.parse is None:
+            if value:
+                argv.append(spec.flag(front))
+        elif value is not None:
+            argv += [spec.flag(front), spec.show(value)]
+    return argv
+
+
 def _alias_dest(alias: Alias, front: Front) -> str:
-    return "deprecated_" + _dest(alias.name, front)
+    return "deprecated_" + dest_of(alias.name, front)
+
+
+def namespace_keys(front: Front) -> tuple[str, ...]:
+    """Every attribute ``from_namespace`` reads for ``front`` (its options and old spellings)."""
+    keys = []
+    for _, spec in specs(front):
+        keys.append(spec.dest(front))
+        keys += [_alias_dest(a, front) for a in spec.aliases if front in a.fronts]
+    return tuple(keys)
 
 
 # -- reading --------------------------------------------------------------------------
@@ -816,11 +860,12 @@ def from_namespace(
     for spec, f in _SPECS_AND_FIELDS:
         if front not in spec.fronts:
             continue
-        raw = _given(namespace, spec.dest(front), spec)
+        default = _front_default(spec, f, front)
+        raw = _given(namespace, spec.dest(front), spec, front, default)
         for alias in spec.aliases:
             if front not in alias.fronts:
                 continue
-            old = _given(namespace, _alias_dest(alias, front), spec)
+            old = _given(namespace, _alias_dest(alias, front), spec, front, None)
             if old is None:
                 continue
             old_flag, new_flag = flag_of(alias.name, front), spec.flag(front)
@@ -840,10 +885,13 @@ def from_namespace(
     return opts
 
 
-def _given(namespace: Any, dest: str, spec: Spec) -> Any:
-    """The value given for ``dest``, or None when it was not given."""
+def _given(namespace: Any, dest: str, spec: Spec, front: Front, default: Any) -> Any:
+    """The value given for ``dest``, or None when it was not given (Locust keeps
+    the default it showed, which counts as not given)."""
     value = getattr(namespace, dest, None) if namespace is not None else None
     if value is None or value == "" or (spec.parse is None and value is False):
+        return None
+    if front is Front.LOCUST and value == _locust_default(spec, default):
         return None
     return value
 

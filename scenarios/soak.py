@@ -28,9 +28,9 @@ class SoakUser(VpnUser):
 
     @task(3)
     def steady_echo(self) -> None:
-        self.vpn.echo(count=5, interval_s=0.2)
+        self.vpn.echo(count=5, spacing_s=0.2)
 
     @task(1)
     def steady_traffic(self) -> None:
         # 20 x 1000 B of UDP through the tunnel and back (the gateway's echo port 7)
-        self.vpn.traffic(packets=20, size_bytes=1000, interval_s=0.01)
+        self.vpn.traffic(packets=20, size_bytes=1000, spacing_s=0.01)

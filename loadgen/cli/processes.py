@@ -12,6 +12,7 @@ samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -29,63 +30,59 @@ from loadgen.cli.progress import Progress, print_summary
 from loadgen.gateway.embedded import embedded_gateway
 from loadgen.metrics.summary import build_summary, generator_from_samples, merge, parse_exposition
 from loadgen.metrics.thresholds import Threshold, evaluate
+from loadgen.options import ClientOptions, Front, to_argv
 
 __all__ = ["run_parent"]
 
-#: options of the parent that children must not see (they get their own)
-_PARENT_ONLY = {
-    "--processes": 1,
-    "--summary": 1,
-    "--threshold": 1,
-    "--linger": 1,
-    "--sessions": 1,
-    "--rate": 1,
-    "--arrival-rate": 1,
-    "--metrics-port": 1,
-    "--password": 1,
-    "--password-stdin": 0,
-    "--no-progress": 0,
-}
+
+def _child_argv(
+    args: argparse.Namespace, opts: ClientOptions, url: str, *, k: int, n: int, exposition: Path
+) -> list[str]:
+    """Engine process ``k`` of ``n``: the parent's options, its share of the load."""
+    argv = [
+        sys.executable,
+        "-m",
+        "loadgen",
+        "run",
+        url,
+        *to_argv(opts, Front.RUN),
+        # the password (or none: a credentials file) goes through stdin
+        "--password-stdin",
+        *["--duration", str(args.duration), "--session-length", args.session_length],
+        *["--reconnect", args.reconnect, "--seed", str(args.seed)],
+        *["--worker", f"{k}/{n}", "--exposition", str(exposition), "--no-progress"],
+        # the sessions split exactly: the first ones take one more
+        *["--sessions", str(args.sessions // n + (1 if k < args.sessions % n else 0))],
+        *["--rate", str(args.rate / n)],
+    ]
+    for flag, value in (
+        ("--storm", args.storm),
+        ("--source-ip", args.source_ip),
+        ("--think-time", args.think_time),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    if args.arrival_rate is not None:
+        argv += ["--arrival-rate", str(args.arrival_rate / n)]
+    return argv
 
 
-def _child_args(args: argparse.Namespace) -> list[str]:
-    argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
-    out: list[str] = []
-    skip = 0
-    for token in argv:
-        if skip:
-            skip -= 1
-            continue
-        name = token.split("=", 1)[0]
-        if name in _PARENT_ONLY:
-            skip = 0 if "=" in token else _PARENT_ONLY[name]
-            continue
-        if token == args.url:
-            continue
-        out.append(token)
-    return out
+def run_parent(args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold]) -> int:
+    return trio.run(_parent, args, opts, thresholds)
 
 
-def run_parent(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, thresholds: list[Threshold]
+async def _parent(
+    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold]
 ) -> int:
-    del parser
-    return trio.run(_parent, args, thresholds)
-
-
-async def _parent(args: argparse.Namespace, thresholds: list[Threshold]) -> int:
     if args.url is None:
         async with embedded_gateway() as gw:
-            return await _spawn_all(args, thresholds, gw.url, str(gw.ca_path), "loadgen")
-    return await _spawn_all(args, thresholds, args.url, args.cafile, args.password)
+            embedded = dataclasses.replace(opts, cafile=str(gw.ca_path))
+            return await _spawn_all(args, embedded, thresholds, gw.url)
+    return await _spawn_all(args, opts, thresholds, args.url)
 
 
 async def _spawn_all(
-    args: argparse.Namespace,
-    thresholds: list[Threshold],
-    url: str,
-    cafile: str | None,
-    password: str | None,
+    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold], url: str
 ) -> int:
     # every process holds at least one session
     n = min(args.processes, args.sessions)
@@ -93,39 +90,14 @@ async def _spawn_all(
     statuses: list[dict[str, Any]] = [{} for _ in range(n)]
     codes: list[int | None] = [None] * n
     procs: list[trio.Process | None] = [None] * n
+    password = opts.password or ""
     with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
         expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, procs, console)
             for k in range(n):
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "loadgen",
-                    "run",
-                    url,
-                    *_child_args(args),
-                    "--worker",
-                    f"{k}/{n}",
-                    "--exposition",
-                    str(expositions[k]),
-                    "--sessions",
-                    # the sessions split exactly: the first ones take one more
-                    str(args.sessions // n + (1 if k < args.sessions % n else 0)),
-                    "--rate",
-                    str(args.rate / n),
-                    "--password-stdin",
-                    "--no-progress",
-                ]
-                if args.arrival_rate is not None:
-                    argv += ["--arrival-rate", str(args.arrival_rate / n)]
-                if cafile is not None and "--cafile" not in argv:
-                    argv += ["--cafile", cafile]
-                if args.metrics_port is not None:
-                    argv += ["--metrics-port", str(args.metrics_port)]
-                nursery.start_soon(
-                    partial(_child, argv, password or "", statuses, codes, procs, k=k)
-                )
+                argv = _child_argv(args, opts, url, k=k, n=n, exposition=expositions[k])
+                nursery.start_soon(partial(_child, argv, password, statuses, codes, procs, k=k))
             if not args.no_progress:
                 nursery.start_soon(_progress, args, statuses, codes, console)
             while None in codes:

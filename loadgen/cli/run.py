@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import signal
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.cli import processes
-from loadgen.cli.connect import _cipher_list, _positive_float, _schedule, dtls_options_from_args
+from loadgen.cli.common import EXIT_OK, EXIT_USAGE, client_options, read_password
 from loadgen.cli.progress import Progress, print_summary
 from loadgen.engine.feeder import (
     Credentials,
@@ -42,23 +43,19 @@ from loadgen.engine.loadmodel import (
     parse_length,
     parse_think_time,
 )
-from loadgen.engine.session import DEFAULT_USER_AGENT, DownloadMode, SessionConfig
+from loadgen.engine.profile import SessionProfile
 from loadgen.engine.swarm import Identity, StormSpec, Swarm, SwarmConfig
-from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
 from loadgen.engine.url import parse_gateway_url
 from loadgen.gateway.embedded import embedded_gateway
 from loadgen.metrics.client import ClientMetrics
 from loadgen.metrics.lag import SaturationDetector, generator_stats, monitor_loop_lag
 from loadgen.metrics.summary import build_summary, samples_from_registry
 from loadgen.metrics.thresholds import ThresholdError, evaluate, parse_threshold, validate
-from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
+from loadgen.options import ClientOptions, Front, add_arguments
 
 __all__ = ["add_parser"]
 
-EXIT_OK = 0
 EXIT_THRESHOLDS = 1
-EXIT_USAGE = 2
-EMBEDDED_PASSWORD = "loadgen"
 #: a start this late behind its schedule marks the generator as saturated
 LATE_START_SATURATION_S = 1.0
 
@@ -138,79 +135,12 @@ def add_parser(sub: Any) -> None:
         help="source addresses, e.g. 127.0.0.2-127.0.0.200 (loopback only)",
     )
     load.add_argument("--seed", type=int, default=0, help="random seed (jitter, lengths)")
-    traffic = p.add_argument_group("traffic")
-    traffic.add_argument(
-        "--echo-interval",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between echo requests per session (0: none; default 5)",
-    )
-    traffic.add_argument("--echo-size", type=int, default=56, metavar="BYTES")
-    traffic.add_argument("--echo-timeout", type=_positive_float, default=2.0, metavar="S")
-    traffic.add_argument(
-        "--echo-burst",
-        type=int,
-        default=1,
-        metavar="N",
-        help="echo requests per interval (throughput)",
-    )
-    traffic.add_argument(
-        "--echo-udp", action="store_true", help="UDP echo to port 7 instead of ICMP echo"
-    )
-    traffic.add_argument(
+    add_arguments(p, Front.RUN)
+    load.add_argument(
         "--think-time",
         metavar="SPEC",
         help="extra pause after each echo: seconds, exp:MEAN or uniform:LO-HI",
     )
-    cred = p.add_argument_group("credentials (identities are unique per session and process)")
-    cred.add_argument(
-        "--user-pattern",
-        default="user{n}",
-        metavar="PATTERN",
-        help="user names, {n} the session index (default user{n})",
-    )
-    cred.add_argument("--password", help="password for the pattern (prefer --password-stdin)")
-    cred.add_argument("--password-stdin", action="store_true")
-    cred.add_argument(
-        "--users-file",
-        type=Path,
-        metavar="FILE",
-        help="user:password[:group] lines or CSV instead of a pattern",
-    )
-    cred.add_argument("-g", "--group", help="group by name or alias")
-    tls = p.add_argument_group("TLS")
-    tls.add_argument("--cafile")
-    tls.add_argument("--servername")
-    tls.add_argument("--servercert", metavar="PIN")
-    tls.add_argument("--insecure", action="store_true")
-    sess = p.add_argument_group("session")
-    sess.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=30.0,
-        metavar="S",
-        help="bound for each of phases 1 to 5",
-    )
-    sess.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
-    sess.add_argument(
-        "--download",
-        choices=[m.value for m in DownloadMode],
-        default=DownloadMode.NEW_CONNECTION.value,
-    )
-    dtls = p.add_argument_group("DTLS")
-    dtls.add_argument("--no-dtls", action="store_true")
-    dtls.add_argument("--dtls-ciphers", type=_cipher_list(KNOWN_DTLS_CIPHERS), metavar="LIST")
-    dtls.add_argument("--dtls12-ciphers", type=_cipher_list(KNOWN_DTLS12_CIPHERS), metavar="LIST")
-    dtls.add_argument(
-        "--dtls-schedule",
-        type=_schedule,
-        metavar="S,S,...",
-        default=(0.0, 1.0, 3.0, 7.0, 15.0, 31.0),
-    )
-    dtls.add_argument("--dtls-reattempt", type=float, default=60.0, metavar="S")
-    dtls.add_argument("--dtls-host")
-    dtls.add_argument("--dtls-port", type=int)
     out = p.add_argument_group("output")
     out.add_argument("--summary", type=Path, metavar="FILE", help="write the JSON summary here")
     out.add_argument(
@@ -220,12 +150,6 @@ def add_parser(sub: Any) -> None:
         metavar="EXPR",
         help="KEY OP VALUE[unit], e.g. 'phases.connect.p95<2s', "
         "'failure_ratio<0.01', 'echo.rtt_p95<50ms' (repeatable)",
-    )
-    out.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="P",
-        help="serve Prometheus metrics on 127.0.0.1:P (processes: P, P+1, ...)",
     )
     out.add_argument(
         "--linger",
@@ -241,6 +165,16 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_main)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         thresholds = [parse_threshold(t) for t in args.threshold]
@@ -248,17 +182,19 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _check_args(args)
     except (ThresholdError, ValueError) as exc:
         parser.error(str(exc))
-    if args.password_stdin:
-        args.password = sys.stdin.readline().rstrip("\r\n")
+    opts = client_options(parser, args, Front.RUN)
+    password = read_password(
+        parser, opts, embedded=args.url is None, needed=opts.credentials is None
+    )
+    opts = dataclasses.replace(opts, password=password, password_stdin=False)
     if args.processes > 1 and args.worker is None:
-        return processes.run_parent(parser, args, thresholds)
+        return processes.run_parent(args, opts, thresholds)
     soft, _hard = raise_nofile_limit()
-    per_process = args.sessions
     try:
-        check_capacity(per_process, dtls=not args.no_dtls, soft_limit=soft)
+        check_capacity(args.sessions, dtls=not opts.no_dtls, soft_limit=soft)
     except CapacityError as exc:
         parser.error(str(exc))
-    return trio.run(_run, args, thresholds)
+    return trio.run(_run, args, opts, thresholds)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -273,10 +209,6 @@ def _check_args(args: argparse.Namespace) -> None:
         StormPlan.parse(args.storm)
     if args.source_ip:
         parse_source_ips(args.source_ip)
-    if args.servercert:
-        parse_pin(args.servercert)
-    if args.url is None and (args.cafile or args.servercert or args.insecure):
-        raise ValueError("TLS options need a URL: the embedded gateway brings its own CA")
     if args.url is not None:
         parse_gateway_url(args.url)
 
@@ -288,18 +220,16 @@ def worker_slice(args: argparse.Namespace) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _feeder(args: argparse.Namespace, password: str | None) -> IdentityFeeder:
+def _feeder(args: argparse.Namespace, opts: ClientOptions) -> IdentityFeeder:
     index, count = worker_slice(args)
-    if args.users_file is not None:
-        feeder: IdentityFeeder = load_credentials(args.users_file)
+    if opts.credentials is not None:
+        feeder: IdentityFeeder = load_credentials(opts.credentials)
     else:
-        feeder = PatternFeeder(args.user_pattern, password=password or "", group=args.group)
+        feeder = PatternFeeder(opts.user, password=opts.password or "", group=opts.group)
     return feeder.slice(index, count)
 
 
-def _swarm_config(
-    args: argparse.Namespace, url: str, tls: TlsOptions, password: str
-) -> SwarmConfig:
+def _swarm_config(args: argparse.Namespace, profile: SessionProfile) -> SwarmConfig:
     length = parse_length(args.session_length)
     storm = None
     if args.storm:
@@ -311,30 +241,23 @@ def _swarm_config(
             retries=plan.retries,
             mode=args.reconnect,
         )
-    base = SessionConfig(
-        url=parse_gateway_url(url),
-        username="",
-        password=password,
-        group=args.group,
-        tls=tls,
-        user_agent=args.user_agent,
-        timeout_s=args.timeout,
-        download=DownloadMode(args.download),
-        dtls=dtls_options_from_args(args),
-    )
+    echo = profile.echo
     return SwarmConfig(
-        base=base,
+        base=profile.base,
         duration_s=args.duration,
         session_length=length.sample,
-        echo_every_s=args.echo_interval,
-        echo_timeout_s=args.echo_timeout,
-        echo_payload_bytes=args.echo_size,
-        echo_burst=args.echo_burst,
-        echo_udp=args.echo_udp,
+        echo_every_s=echo.every_s if echo.count else 0.0,
+        echo_timeout_s=echo.timeout_s,
+        echo_payload_bytes=echo.payload_bytes,
+        echo_burst=echo.count,
+        echo_spacing_s=echo.spacing_s,
+        echo_target=echo.target,
+        echo_udp=echo.udp,
         think_time=parse_think_time(args.think_time).sample if args.think_time else None,
         storm=storm,
         seed=args.seed,
         max_start_rate=args.arrival_rate or args.rate,
+        logout=profile.options.logout,
     )
 
 
@@ -344,30 +267,25 @@ def _schedule_for(args: argparse.Namespace) -> ClosedModel | OpenModel:
     return ClosedModel(args.sessions, args.rate)
 
 
-async def _run(args: argparse.Namespace, thresholds: list[Any]) -> int:
+async def _run(args: argparse.Namespace, opts: ClientOptions, thresholds: list[Any]) -> int:
     if args.url is None:
         async with embedded_gateway() as gw:
-            return await _run_against(args, thresholds, gw.url, str(gw.ca_path), EMBEDDED_PASSWORD)
-    return await _run_against(args, thresholds, args.url, args.cafile, args.password)
+            embedded = dataclasses.replace(opts, cafile=str(gw.ca_path))
+            return await _run_against(args, embedded, thresholds, gw.url)
+    return await _run_against(args, opts, thresholds, args.url)
 
 
 async def _run_against(
-    args: argparse.Namespace,
-    thresholds: list[Any],
-    url: str,
-    cafile: str | None,
-    password: str | None,
+    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Any], url: str
 ) -> int:
     worker_index, _count = worker_slice(args)
     console = Console(stderr=True)
     registry = CollectorRegistry()
     metrics = ClientMetrics(registry)
-    pin = parse_pin(args.servercert) if args.servercert else None
-    tls = TlsOptions(cafile=cafile, servername=args.servername, pin=pin, insecure=args.insecure)
     try:
-        feeder = _feeder(args, password if args.users_file is None else None)
+        feeder = _feeder(args, opts)
         feeder.require(args.sessions if args.arrival_rate is None else 1)
-        ssl_context = build_client_context(tls)
+        profile = SessionProfile(opts, url)
     except FeederError as exc:
         console.print(f"[red]{exc}[/red]")
         return EXIT_USAGE
@@ -384,7 +302,7 @@ async def _run_against(
         return Identity(
             username=creds.username,
             password=creds.password,
-            group=creds.group or args.group,
+            group=creds.group or opts.group,
             hostname=hostnames.hostname(n),
         )
 
@@ -394,17 +312,17 @@ async def _run_against(
     sources = None
     if args.source_ip:
         sources = iter(SourceIpPool(parse_source_ips(args.source_ip), start=worker_index))
-    if args.metrics_port is not None:
-        port = args.metrics_port + (worker_index if args.worker else 0)
+    if opts.metrics_port:
+        port = opts.metrics_port + (worker_index if args.worker else 0)
         try:
-            start_http_server(port, addr="127.0.0.1", registry=registry)
+            start_http_server(port, addr=opts.metrics_host, registry=registry)
         except OSError as exc:
-            console.print(f"[red]cannot serve metrics on 127.0.0.1:{port}: {exc}[/red]")
+            console.print(f"[red]cannot serve metrics on {opts.metrics_host}:{port}: {exc}[/red]")
             return EXIT_USAGE
-        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+        console.print(f"metrics: http://{opts.metrics_host}:{port}/metrics")
     swarm = Swarm(
-        _swarm_config(args, url, tls, password or ""),
-        ssl_context=ssl_context,
+        _swarm_config(args, profile),
+        ssl_context=profile.ssl_context,
         schedule=_schedule_for(args),
         identities=identity,
         release_identity=release,
@@ -433,7 +351,7 @@ async def _run_against(
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     if args.worker is None:
         print_summary(Console(), summary, results)
-    if args.linger > 0 and args.metrics_port is not None:
+    if args.linger > 0 and opts.metrics_port:
         console.print(f"keeping /metrics up for {args.linger:g} s")
         await trio.sleep(args.linger)
     return EXIT_OK if all(r.passed for r in results) else EXIT_THRESHOLDS

@@ -25,13 +25,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
 from loadgen.engine.echo import EchoResult
 from loadgen.engine.meter import DtlsChannelLike, TunnelMeter
-from loadgen.engine.session import SessionConfig, open_session, translate
+from loadgen.engine.session import SessionConfig, translate
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
 
@@ -155,12 +155,9 @@ class RunnerSession(Protocol):
     def echo_target(self, override: IPv4Address | None) -> IPv4Address: ...
 
 
+S = TypeVar("S", bound=RunnerSession)
 #: ``open_session``'s signature: the session lives inside the context
-SessionFactory = Callable[
-    [SessionConfig, ssl.SSLContext], AbstractAsyncContextManager[RunnerSession]
-]
-#: the driver's part, between connect and leave; it returns to leave, raises to fail
-Serve = Callable[[RunnerSession], Awaitable[None]]
+SessionFactory = Callable[[SessionConfig, ssl.SSLContext], AbstractAsyncContextManager[S]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,16 +168,17 @@ class SessionOutcome:
     failure: SessionFailedError | None
 
 
-class SessionRunner:
+class SessionRunner(Generic[S]):
     """Runs one session; ``run`` once.  During ``serve`` the driver reports
-    through ``push``, ``echo`` and ``reconnecting``/``reconnected``."""
+    through ``push``, ``echo`` and ``reconnecting``/``reconnected``.
+    ``session_factory`` is ``loadgen.engine.session.open_session`` (a fake in tests)."""
 
     def __init__(
         self,
         metrics: RunnerMetrics = NULL_METRICS,
         *,
+        session_factory: SessionFactory[S],
         name: object = "",
-        session_factory: SessionFactory = open_session,
     ) -> None:
         self.metrics = metrics
         self._name = name
@@ -192,7 +190,7 @@ class SessionRunner:
         self._data_channel: str | None = None
         self._done = False
         #: the session, once opened (its phases stay readable after the end)
-        self.session: RunnerSession | None = None
+        self.session: S | None = None
         #: the last tunnel the session had (its DTLS report stays readable)
         self.tunnel: RunnerTunnel | None = None
         #: seconds the wait for DTLS took (phase 6, up or fallen back)
@@ -208,7 +206,7 @@ class SessionRunner:
         self,
         cfg: SessionConfig,
         ssl_context: ssl.SSLContext,
-        serve: Serve,
+        serve: Callable[[S], Awaitable[None]],
         *,
         started_at: float | None = None,
         cut: trio.CancelScope | None = None,

@@ -247,7 +247,7 @@ class Swarm:
         metrics: SwarmMetrics,
         source_ips: Iterator[str] | None = None,
         release_identity: Callable[[Identity], None] | None = None,
-        session_factory: SessionFactory = open_session,
+        session_factory: SessionFactory[SwarmSession] = open_session,
     ) -> None:
         self.config = config
         self._ctx = ssl_context
@@ -422,7 +422,7 @@ class Swarm:
                 Phase.CONNECT, Reason.CANCELLED, "the run ended before the session was up"
             )
 
-    async def _hold(self, runner: SessionRunner, session: SwarmSession, deadline: float) -> None:
+    async def _hold(self, runner: SessionRunner[SwarmSession], session: SwarmSession, deadline: float) -> None:
         pokes = [trio.Event()]
         self._pokes.add(pokes[0])
         try:
@@ -432,7 +432,7 @@ class Swarm:
 
     async def _hold_loop(
         self,
-        runner: SessionRunner,
+        runner: SessionRunner[SwarmSession],
         session: SwarmSession,
         deadline: float,
         pokes: list[trio.Event],
@@ -472,7 +472,7 @@ class Swarm:
                 if cfg.think_time is not None:
                     next_echo += cfg.think_time(self._rng) or 0.0
 
-    async def _echo(self, runner: SessionRunner, tunnel: SwarmTunnel, target: IPv4Address) -> None:
+    async def _echo(self, runner: SessionRunner[SwarmSession], tunnel: SwarmTunnel, target: IPv4Address) -> None:
         cfg = self.config
         channel = tunnel.channel
         result = await tunnel.echo(
@@ -486,7 +486,7 @@ class Swarm:
         runner.echo(channel, result)
 
     async def _reconnect(
-        self, runner: SessionRunner, session: SwarmSession, storm: StormSpec
+        self, runner: SessionRunner[SwarmSession], session: SwarmSession, storm: StormSpec
     ) -> None:
         """Drop the tunnel (no DISCONNECT) and come back, as after a network blip."""
         runner.push()

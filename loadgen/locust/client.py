@@ -41,6 +41,8 @@ from loadgen.gateway.embedded import gateway_spec
 from loadgen.lifecycle import TAG_ENV, Child, ChildSpec, ChildStartError
 from loadgen.locust.protocol import (
     CommandRejected,
+    Configure,
+    Configured,
     Connect,
     Connected,
     Disconnect,
@@ -57,6 +59,7 @@ from loadgen.locust.protocol import (
     TunnelEnded,
     encode_message,
 )
+from loadgen.options import ClientOptions
 
 __all__ = [
     "TAG_ENV",
@@ -75,6 +78,8 @@ CLOSE_S = 10.0
 KILL_GRACE_S = 2.0
 #: beyond the request's own bounds, how long a waiting greenlet trusts the sidecar
 REPLY_SLACK_S = 30.0
+#: building an option set's SSL context (loading a CA file) is quick
+CONFIGURE_S = 10.0
 
 
 class SidecarError(RuntimeError):
@@ -103,6 +108,14 @@ class _Pending:
 RequestEvent = Callable[..., None]
 
 
+def _row(kind: str) -> tuple[str, str]:
+    """The Locust row (request type, name) a failed request of ``kind`` is reported in:
+    a refused option set fails the connect that needed it."""
+    if kind in ("connect", "configure"):
+        return "connect", "connect"
+    return kind, "tunnel"
+
+
 class SidecarClient:
     """One per Locust process that runs users.  ``fire`` is
     ``environment.events.request.fire``."""
@@ -123,6 +136,8 @@ class SidecarClient:
         self.on_tunnel_ended: dict[int, Callable[[TunnelEnded], None]] = {}
         #: where the sidecar serves its metrics, once it is ready (None: nowhere)
         self.metrics_url: str | None = None
+        #: (options, url) -> the profile number the sidecar knows them by
+        self._profiles: dict[tuple[ClientOptions, str], int] = {}
 
     @property
     def alive(self) -> bool:
@@ -256,10 +271,10 @@ class SidecarClient:
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if p.kind != "disconnect":
-                exc = VpnRequestError(p.kind, "internal", "the engine sidecar exited")
+                row, name = _row(p.kind)
+                exc = VpnRequestError(row, "internal", "the engine sidecar exited")
                 elapsed_ms = (time.monotonic() - p.started) * 1000
-                name = "connect" if p.kind == "connect" else "tunnel"
-                self._fire_request(p.kind, name, elapsed_ms, exc)
+                self._fire_request(row, name, elapsed_ms, exc)
             p.result.set(None)
 
     # -- requests ----------------------------------------------------------------------
@@ -280,20 +295,37 @@ class SidecarClient:
             return pending.result.get(timeout=bound_s + REPLY_SLACK_S)
         except gevent.Timeout:
             if self._pending.pop(seq, None) is not None and kind != "disconnect":
-                lost = VpnRequestError(kind, "timeout", "no reply from the engine sidecar")
-                name = "connect" if kind == "connect" else "tunnel"
-                self._fire_request(kind, name, (bound_s + REPLY_SLACK_S) * 1000, lost)
+                row, name = _row(kind)
+                lost = VpnRequestError(row, "timeout", "no reply from the engine sidecar")
+                self._fire_request(row, name, (bound_s + REPLY_SLACK_S) * 1000, lost)
             return None
 
-    def connect(self, command: Connect) -> Connected | None:
-        """Phases 1 to 6 for session ``command.id`` (its ``seq`` is assigned here);
-        events are fired as replies arrive."""
+    def configure(self, options: ClientOptions, url: str) -> int | None:
+        """The sidecar's number for this option set and URL, sent to it on first
+        use (once per set); None when the sidecar refused it (reported)."""
+        key = (options, url)
+        profile = self._profiles.get(key)
+        if profile is not None:
+            return profile
+        profile = len(self._profiles) + 1
+
+        def build(seq: int) -> Message:
+            return Configure(seq=seq, profile=profile, url=url, options=options)
+
+        reply = self._request(build, "configure", 0, CONFIGURE_S)
+        if not isinstance(reply, Configured):
+            return None
+        self._profiles[key] = profile
+        return profile
+
+    def connect(self, command: Connect, *, bound_s: float) -> Connected | None:
+        """Phases 1 to 6 for session ``command.id`` (its ``seq`` is assigned here),
+        which may take ``bound_s``; events are fired as replies arrive."""
 
         def build(seq: int) -> Message:
             return dataclasses.replace(command, seq=seq)
 
-        # phases 1 to 5, each bounded, then DTLS (at most its 31 s schedule)
-        reply = self._request(build, "connect", command.id, command.timeout_s * 5 + 31.0)
+        reply = self._request(build, "connect", command.id, bound_s)
         return reply if isinstance(reply, Connected) else None
 
     def echo(
@@ -301,7 +333,7 @@ class SidecarClient:
         sid: int,
         *,
         count: int,
-        interval_s: float,
+        spacing_s: float,
         timeout_s: float,
         udp: bool = False,
         payload_bytes: int = 56,
@@ -313,14 +345,14 @@ class SidecarClient:
                 seq=seq,
                 id=sid,
                 count=count,
-                interval_s=interval_s,
+                spacing_s=spacing_s,
                 timeout_s=timeout_s,
                 udp=udp,
                 payload_bytes=payload_bytes,
             )
 
         kind = "traffic" if udp else "echo"
-        reply = self._request(build, kind, sid, count * interval_s + timeout_s)
+        reply = self._request(build, kind, sid, count * spacing_s + timeout_s)
         return reply if isinstance(reply, EchoCompleted) else None
 
     def disconnect(self, sid: int, timeout_s: float = CLOSE_S) -> None:
@@ -366,13 +398,19 @@ class SidecarClient:
                 exc = VpnRequestError(message.phase, message.reason, message.message)
                 self._fire_request("tunnel", "ended", 0, exc)
                 callback(message)
-        elif isinstance(message, Connect | Echo | Disconnect | Shutdown):
+        elif isinstance(message, Configure | Connect | Echo | Disconnect | Shutdown):
             log.warning("the engine sidecar sent a %s message; ignored", message.TYPE)
         else:
             self._on_final(message)
 
     def _on_final(
-        self, message: Connected | RequestFailed | EchoCompleted | Disconnected | CommandRejected
+        self,
+        message: Configured
+        | Connected
+        | RequestFailed
+        | EchoCompleted
+        | Disconnected
+        | CommandRejected,
     ) -> None:
         pending = self._pending.pop(message.seq, None)
         if pending is None:
@@ -394,10 +432,10 @@ class SidecarClient:
             log.debug("session %d: disconnected", message.id)
         elif isinstance(message, CommandRejected):
             log.warning("the engine sidecar rejected a %s: %s", pending.kind, message.message)
-            exc = VpnRequestError(pending.kind, "internal", message.message)
             if pending.kind != "disconnect":
-                name = "connect" if pending.kind == "connect" else "tunnel"
-                self._fire_request(pending.kind, name, elapsed_ms, exc)
+                row, name = _row(pending.kind)
+                exc = VpnRequestError(row, "internal", message.message)
+                self._fire_request(row, name, elapsed_ms, exc)
         pending.result.set(message)
 
     def _fire_echo(self, message: EchoCompleted, elapsed_ms: float, kind: str) -> None:

@@ -12,17 +12,24 @@ Frame layout::
     +-------+-------+-------+-------+-------------------------------+
 
 The object has a ``type`` naming one of the message classes below; every
-other key is a field of that class, checked against its type hints.  Each
-request carries a ``seq`` chosen by Locust, and its single final reply
-(``connected``, ``echo_result``, ``disconnected``, ``failed`` or ``rejected``)
-carries the same ``seq``; ``phase`` replies come before the final one.
+other key is a field of that class, checked against its type hints (a field
+that is a dataclass, the client options, is an object checked the same way).
+Each request carries a ``seq`` chosen by Locust, and its single final reply
+(``configured``, ``connected``, ``echo_result``, ``disconnected``, ``failed``
+or ``rejected``) carries the same ``seq``; ``phase`` replies come before the
+final one.
 
-Secrets: ``connect`` carries the password towards the sidecar only; no reply
-type has a field that could hold a password or a cookie, and reprs hide it.
+The client options travel once per option set: ``configure`` gives them a
+``profile`` number, and each ``connect`` names its profile.
+
+Secrets: ``configure`` and ``connect`` carry the password towards the
+sidecar only; no reply type has a field that could hold a password or a
+cookie, and reprs hide it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -32,12 +39,15 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
+from loadgen.options import ClientOptions
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
 
 __all__ = [
     "MAX_FRAME_BYTES",
     "Command",
     "CommandRejected",
+    "Configure",
+    "Configured",
     "Connect",
     "Connected",
     "Disconnect",
@@ -73,33 +83,31 @@ class FrameError(BadPacketError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Configure:
+    """Client options for the sessions that name ``profile``, against ``url``."""
+
+    TYPE: ClassVar[str] = "configure"
+    seq: int
+    profile: int
+    url: str
+    options: ClientOptions
+
+
+@dataclass(frozen=True, kw_only=True)
 class Connect:
-    """Open session ``id`` and run phases 1 to 6."""
+    """Open session ``id`` with the options of ``profile`` and run phases 1 to 6."""
 
     TYPE: ClassVar[str] = "connect"
     seq: int
     id: int
-    url: str
+    profile: int
     username: str
-    password: str = field(repr=False)
+    #: None: the profile's password (a credentials file brings one per user)
+    password: str | None = field(default=None, repr=False)
+    #: None: the profile's group
     group: str | None = None
-    cafile: str | None = None
-    insecure: bool = False
-    servername: str | None = None
-    #: a certificate pin (pin-sha256:BASE64 or sha1:HEX): replaces CA trust
-    pin: str | None = None
     #: X-CSTP-Hostname: unique per synthetic client (protocol.md §4.1)
     hostname: str = "loadgen"
-    dtls: bool = True
-    #: None: the engine's default offers
-    dtls_ciphers: tuple[str, ...] | None = None
-    dtls12_ciphers: tuple[str, ...] | None = None
-    #: where DTLS goes instead of the gateway's host and advertised port (a fault proxy)
-    dtls_host: str | None = None
-    dtls_port: int | None = None
-    #: seconds between DTLS re-attempts after a fallback (None: the engine's default)
-    dtls_reattempt_s: float | None = None
-    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +118,8 @@ class Echo:
     seq: int
     id: int
     count: int = 3
-    interval_s: float = 0.2
+    #: seconds between the probes of the burst
+    spacing_s: float = 0.2
     timeout_s: float = 2.0
     #: UDP echo (port 7) instead of ICMP: the "traffic" task
     udp: bool = False
@@ -144,6 +153,13 @@ class SidecarReady:
     pid: int
     #: the URL of this sidecar's Prometheus metrics (None: not served)
     metrics: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Configured:
+    TYPE: ClassVar[str] = "configured"
+    seq: int
+    profile: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,9 +236,10 @@ class CommandRejected:
     message: str
 
 
-Command = Connect | Echo | Disconnect | Shutdown
+Command = Configure | Connect | Echo | Disconnect | Shutdown
 Reply = (
     SidecarReady
+    | Configured
     | PhaseCompleted
     | Connected
     | RequestFailed
@@ -234,11 +251,13 @@ Reply = (
 Message = Command | Reply
 
 _CLASSES: tuple[type[Message], ...] = (
+    Configure,
     Connect,
     Echo,
     Disconnect,
     Shutdown,
     SidecarReady,
+    Configured,
     PhaseCompleted,
     Connected,
     RequestFailed,
@@ -248,15 +267,18 @@ _CLASSES: tuple[type[Message], ...] = (
     CommandRejected,
 )
 _BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in _CLASSES}
+#: the dataclasses a message may hold as a field
+_NESTED: tuple[type[Any], ...] = (ClientOptions,)
 #: class -> field name -> resolved type hint, computed once
-_HINTS: dict[type[Message], dict[str, Any]] = {
-    cls: {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)} for cls in _CLASSES
+_HINTS: dict[type[Any], dict[str, Any]] = {
+    cls: {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
+    for cls in (*_CLASSES, *_NESTED)
 }
-_REQUIRED: dict[type[Message], frozenset[str]] = {
+_REQUIRED: dict[type[Any], frozenset[str]] = {
     cls: frozenset(
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
     )
-    for cls in _CLASSES
+    for cls in (*_CLASSES, *_NESTED)
 }
 
 
@@ -310,10 +332,16 @@ def _check_value(hint: Any, value: object) -> object:
         if not isinstance(value, str):
             raise _BadValueError(f"{type(value).__name__} is not a string")
         return value
+    if hint in _NESTED:
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise _BadValueError(f"{type(value).__name__} is not an object")
+        return _build(hint, value)
     raise LocalProtocolError(f"protocol.py cannot check a field of type {hint}")
 
 
-def _build(cls: type[Message], obj: Mapping[str, object]) -> Message:
+def _build(cls: type[Any], obj: Mapping[str, object]) -> Any:
     hints = _HINTS[cls]
     unknown = sorted(set(obj) - set(hints) - {"type"})
     if unknown:
@@ -330,7 +358,10 @@ def _build(cls: type[Message], obj: Mapping[str, object]) -> Message:
         except _BadValueError as exc:
             # never echo the value: it may be a password
             raise _BadValueError(f"field {name!r}: {exc}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the client options check themselves
+        raise _BadValueError(str(exc)) from None
 
 
 # -- encoding -------------------------------------------------------------------------
@@ -349,11 +380,20 @@ def encode_message(message: Message) -> bytes:
             _check_value(hint, value)
         except _BadValueError as exc:
             raise LocalProtocolError(f"{cls.TYPE}.{name}: {exc}") from None
-        obj[name] = list(value) if isinstance(value, tuple) else value
+        obj[name] = _plain(value)
     payload = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
     if len(payload) > MAX_FRAME_BYTES:
         raise LocalProtocolError(f"{cls.TYPE} message of {len(payload)} bytes is too large")
     return _LENGTH.pack(len(payload)) + payload
+
+
+def _plain(value: object) -> object:
+    """JSON's form of a field value: arrays for tuples, objects for dataclasses."""
+    if isinstance(value, tuple):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
 
 
 # -- decoding -------------------------------------------------------------------------
@@ -381,11 +421,12 @@ def decode_message_untrusted(payload: bytes) -> Message:
     if cls is None:
         raise FrameError(f"unknown message type {kind[:40]!r}")
     try:
-        return _build(cls, obj)
+        message: Message = _build(cls, obj)
     except _BadValueError as exc:
         raise FrameError(f"bad {kind} message: {exc}") from None
     except RecursionError:
         raise FrameError("frame nests too deeply") from None
+    return message
 
 
 class FrameDecoder:

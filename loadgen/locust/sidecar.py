@@ -28,15 +28,15 @@ from ipaddress import IPv4Address
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
-from loadgen.engine.dtls import DtlsOptions, offer
 from loadgen.engine.limits import raise_nofile_limit
+from loadgen.engine.profile import SessionProfile
+from loadgen.engine.runner import SessionRunner
 from loadgen.engine.session import SessionConfig, VpnSession, open_session, translate
-from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
-from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, Reason, SessionFailedError
-from loadgen.locust.metering import SessionMetering
 from loadgen.locust.protocol import (
     CommandRejected,
+    Configure,
+    Configured,
     Connect,
     Connected,
     Disconnect,
@@ -55,6 +55,7 @@ from loadgen.locust.protocol import (
 )
 from loadgen.metrics.client import ClientMetrics
 from loadgen.metrics.lag import SaturationDetector, monitor_loop_lag
+from loadgen.options import MAX_ECHO_BYTES, MAX_ECHO_COUNT, MAX_SECONDS, MIN_ECHO_BYTES
 from loadgen.proto.cstp import DisconnectReason
 
 __all__ = ["Sidecar", "main"]
@@ -69,20 +70,9 @@ DISCONNECT_S = 3.0
 WRITE_S = 10.0
 #: queued commands per session beyond which the sidecar answers "busy"
 MAX_QUEUED = 4
+#: option sets kept; a Locust process has a handful (one per user class, at most)
+MAX_PROFILES = 64
 PARENT_POLL_S = 0.5
-MAX_ECHO_COUNT = 10_000
-#: an echo probe carries its id and send time; beyond, it would not fit a 1500 B tunnel MTU
-MIN_PAYLOAD_BYTES = 16
-MAX_PAYLOAD_BYTES = 1400
-MAX_SECONDS = 3600.0
-_CONNECT_ORDER = (
-    Phase.TLS,
-    Phase.GROUP_SELECT,
-    Phase.AUTH,
-    Phase.DOWNLOAD,
-    Phase.CSTP_CONNECT,
-    Phase.DTLS,
-)
 
 
 class _TunnelEndedNotice:
@@ -104,8 +94,7 @@ class _Entry:
     #: seq of the Disconnect to answer; None at shutdown (nobody waits)
     disconnect_seq: int | None = None
     done: trio.Event = field(default_factory=trio.Event)
-    meter: SessionMetering | None = None
-    #: the gateway's tunnel address (the echo target)
+    #: the gateway's tunnel address, or the options' target (computed once)
     target: IPv4Address | None = None
 
 
@@ -130,7 +119,7 @@ class Sidecar:
         self._stop = trio.Event()
         self._broken = False
         self._sessions: dict[int, _Entry] = {}
-        self._contexts: dict[TlsOptions, ssl.SSLContext] = {}
+        self._profiles: dict[int, SessionProfile] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -204,7 +193,9 @@ class Sidecar:
     # -- commands -------------------------------------------------------------------
 
     async def _dispatch(self, message: Message) -> None:
-        if isinstance(message, Connect):
+        if isinstance(message, Configure):
+            await self._on_configure(message)
+        elif isinstance(message, Connect):
             await self._on_connect(message)
         elif isinstance(message, Echo):
             await self._on_echo(message)
@@ -218,33 +209,48 @@ class Sidecar:
             seq = getattr(message, "seq", 0)
             await self._send(CommandRejected(seq=seq, message=f"{message.TYPE} is not a command"))
 
-    async def _on_connect(self, cmd: Connect) -> None:
-        if cmd.id in self._sessions:
-            await self._reject(cmd.seq, f"session {cmd.id} exists")
-            return
+    async def _on_configure(self, cmd: Configure) -> None:
+        """One option set, checked and built once: its SSL context, its base configuration."""
         try:
-            cfg, ctx = self._config(cmd)
+            profile = SessionProfile(cmd.options, cmd.url)
         except (ValueError, OSError, ssl.SSLError) as exc:
             # a bad URL or CA file: the test's configuration, not the gateway
             await self._reject(cmd.seq, f"bad connect settings: {type(exc).__name__}: {exc}")
             return
+        if cmd.profile not in self._profiles and len(self._profiles) >= MAX_PROFILES:
+            await self._reject(cmd.seq, f"more than {MAX_PROFILES} option sets")
+            return
+        self._profiles[cmd.profile] = profile
+        await self._send(Configured(seq=cmd.seq, profile=cmd.profile))
+
+    async def _on_connect(self, cmd: Connect) -> None:
+        if cmd.id in self._sessions:
+            await self._reject(cmd.seq, f"session {cmd.id} exists")
+            return
+        profile = self._profiles.get(cmd.profile)
+        if profile is None:
+            await self._reject(cmd.seq, f"no option set {cmd.profile} (configure first)")
+            return
+        cfg = profile.config(
+            username=cmd.username, password=cmd.password, group=cmd.group, hostname=cmd.hostname
+        )
         send, receive = trio.open_memory_channel[_Inbox](math.inf)
         entry = _Entry(id=cmd.id, inbox_send=send, inbox_receive=receive)
         self._sessions[cmd.id] = entry
         assert self._nursery is not None
-        self._nursery.start_soon(self._session, cmd, cfg, ctx, entry)
+        self._nursery.start_soon(self._session, cmd, profile, cfg, entry)
 
     async def _on_echo(self, cmd: Echo) -> None:
         if not (
             1 <= cmd.count <= MAX_ECHO_COUNT
-            and 0 <= cmd.interval_s <= MAX_SECONDS
+            and 0 <= cmd.spacing_s <= MAX_SECONDS
             and 0 < cmd.timeout_s <= MAX_SECONDS
-            and MIN_PAYLOAD_BYTES <= cmd.payload_bytes <= MAX_PAYLOAD_BYTES
+            and MIN_ECHO_BYTES <= cmd.payload_bytes <= MAX_ECHO_BYTES
         ):
             await self._reject(
                 cmd.seq,
-                "echo needs 1 <= count, 0 <= interval_s, 0 < timeout_s, "
-                f"{MIN_PAYLOAD_BYTES} <= payload_bytes <= {MAX_PAYLOAD_BYTES}",
+                "echo needs 1 <= count, 0 <= spacing_s, 0 < timeout_s, "
+                f"{MIN_ECHO_BYTES} <= payload_bytes <= {MAX_ECHO_BYTES}",
             )
             return
         entry = self._sessions.get(cmd.id)
@@ -277,69 +283,39 @@ class Sidecar:
     async def _reject(self, seq: int, message: str) -> None:
         await self._send(CommandRejected(seq=seq, message=message))
 
-    def _config(self, cmd: Connect) -> tuple[SessionConfig, ssl.SSLContext]:
-        if not 0 < cmd.timeout_s <= MAX_SECONDS:
-            raise ValueError("timeout_s must be in (0, 3600]")
-        tls = TlsOptions(
-            cafile=cmd.cafile,
-            servername=cmd.servername,
-            pin=parse_pin(cmd.pin) if cmd.pin else None,
-            insecure=cmd.insecure,
-        )
-        ctx = self._contexts.get(tls)
-        if ctx is None:
-            ctx = self._contexts[tls] = build_client_context(tls)
-        dtls: DtlsOptions | None = None
-        if cmd.dtls:
-            if cmd.dtls_port is not None and not 0 < cmd.dtls_port < 65536:
-                raise ValueError("dtls_port must be in 1..65535")
-            extra: dict[str, float] = {}
-            if cmd.dtls_reattempt_s is not None:
-                if not 0 < cmd.dtls_reattempt_s <= MAX_SECONDS:
-                    raise ValueError("dtls_reattempt_s must be in (0, 3600]")
-                extra["reattempt_s"] = cmd.dtls_reattempt_s
-            dtls = offer(
-                cmd.dtls_ciphers,
-                cmd.dtls12_ciphers,
-                host=cmd.dtls_host,
-                port=cmd.dtls_port,
-                **extra,
-            )
-        cfg = SessionConfig(
-            url=parse_gateway_url(cmd.url),
-            username=cmd.username,
-            password=cmd.password,
-            group=cmd.group,
-            tls=tls,
-            hostname=cmd.hostname,
-            timeout_s=cmd.timeout_s,
-            dtls=dtls,
-        )
-        return cfg, ctx
-
     # -- one session ------------------------------------------------------------------
 
     async def _session(
-        self, cmd: Connect, cfg: SessionConfig, ctx: ssl.SSLContext, entry: _Entry
+        self, cmd: Connect, profile: SessionProfile, cfg: SessionConfig, entry: _Entry
     ) -> None:
-        answered = False
-        meter = entry.meter = SessionMetering(self._metrics)
-        session: VpnSession | None = None
+        runner = SessionRunner(self._metrics, session_factory=open_session, name=cmd.id)
+        # the connect (phases 1 to 6) is cut by the client's disconnect
+        cut = entry.op_scope = trio.CancelScope()
+
+        async def serve(session: VpnSession) -> None:
+            entry.op_scope = None
+            await self._connected(cmd, runner, session, entry)
+            await self._serve(runner, profile, session, entry)
+
         try:
-            async with open_session(cfg, ctx) as session:
-                answered = await self._connect(cmd, session, entry)
-                if entry.up:
-                    await self._serve(session, entry)
-        except Exception as exc:  # one session never takes the sidecar down
-            failure = translate(Phase.TUNNEL if entry.up else Phase.TLS, exc)
-            meter.failed(failure, None if session is None else session.tunnel)
-            if failure.reason is Reason.INTERNAL:
-                log.warning("session %d: internal error", cmd.id, exc_info=exc)
-            if entry.closing:
-                pass
-            elif not answered:
+            outcome = await runner.run(
+                cfg,
+                profile.ssl_context,
+                serve,
+                cut=cut,
+                cut_message="the client gave the connect up",
+                leave=DisconnectReason.USER if profile.options.logout else None,
+                leave_s=DISCONNECT_S,
+            )
+            failure = outcome.failure
+            if failure is None or entry.closing:
+                pass  # the end the client asked for (or gave the connect up)
+            elif not outcome.established:
+                session = runner.session
+                if session is not None:
+                    await self._send_phases(cmd, runner, session, failed=True)
                 await self._fail(cmd.seq, cmd.id, failure)
-            elif entry.up:
+            else:
                 await self._send(
                     TunnelEnded(
                         id=cmd.id,
@@ -349,7 +325,6 @@ class Sidecar:
                     )
                 )
         finally:
-            meter.closed(None if session is None else session.tunnel)
             entry.up = False
             self._sessions.pop(entry.id, None)
             entry.inbox_send.close()
@@ -368,50 +343,31 @@ class Sidecar:
             )
         )
 
-    async def _connect(self, cmd: Connect, session: VpnSession, entry: _Entry) -> bool:
-        """Phases 1 to 6; True once the request has its final reply."""
-        dtls_s = 0.0
-        failure: SessionFailedError | None = None
-        began = trio.current_time()
-        with trio.CancelScope() as scope:
-            entry.op_scope = scope
-            try:
-                await session.connect()
-                started = trio.current_time()
-                await session.wait_dtls()
-                dtls_s = trio.current_time() - started
-            except Exception as exc:
-                failure = translate(_current_phase(session), exc)
-            finally:
-                entry.op_scope = None
-        if scope.cancelled_caught or entry.closing:
-            return True  # the client gave this connect up with a disconnect
-        await self._send_phases(cmd, session, dtls_s if failure is None else None)
-        assert entry.meter is not None
-        if failure is not None:
-            entry.meter.failed(failure, session.tunnel)
-            await self._fail(cmd.seq, cmd.id, failure)
-            return True
+    async def _connected(
+        self, cmd: Connect, runner: SessionRunner[VpnSession], session: VpnSession, entry: _Entry
+    ) -> None:
+        """Phases 1 to 6 are done: their rows, then the final reply."""
+        if entry.closing:
+            return
+        await self._send_phases(cmd, runner, session, failed=False)
         tunnel = session.tunnel
         assert tunnel is not None
         tunnel.on_end = lambda: _notify_end(entry)
-        meter = entry.meter
-        meter.established(dict(session.phases), trio.current_time() - began, tunnel)
-        tunnel.on_channel = lambda _old, new: meter.move(new)
         entry.up = True
         await self._send(
             Connected(seq=cmd.seq, id=cmd.id, channel=tunnel.channel, seconds=session.connect_time)
         )
-        return True
 
-    async def _send_phases(self, cmd: Connect, session: VpnSession, dtls_s: float | None) -> None:
+    async def _send_phases(
+        self, cmd: Connect, runner: SessionRunner[VpnSession], session: VpnSession, *, failed: bool
+    ) -> None:
         for phase, seconds in session.phases.items():
             if phase is not Phase.DTLS and phase is not Phase.CONNECT:
                 await self._send(
                     PhaseCompleted(seq=cmd.seq, id=cmd.id, name=str(phase), seconds=seconds)
                 )
         tunnel = session.tunnel
-        if dtls_s is None or tunnel is None:
+        if failed or runner.dtls_wait_s is None or tunnel is None:
             return
         if Phase.DTLS in session.phases:
             await self._send(
@@ -427,52 +383,52 @@ class Sidecar:
             # an outcome, not a session failure (architecture.md, Metrics)
             await self._send(
                 PhaseCompleted(
-                    seq=cmd.seq, id=cmd.id, name="dtls", seconds=dtls_s, fallback=str(fallback)
+                    seq=cmd.seq,
+                    id=cmd.id,
+                    name="dtls",
+                    seconds=runner.dtls_wait_s,
+                    fallback=str(fallback),
                 )
             )
 
-    async def _serve(self, session: VpnSession, entry: _Entry) -> None:
-        """Echo bursts until a disconnect or the end of the tunnel."""
+    async def _serve(
+        self,
+        runner: SessionRunner[VpnSession],
+        profile: SessionProfile,
+        session: VpnSession,
+        entry: _Entry,
+    ) -> None:
+        """Echo bursts until a disconnect (then the runner leaves) or the tunnel's end."""
         async for item in entry.inbox_receive:
             tunnel = session.tunnel
             if isinstance(item, Disconnect):
-                with trio.move_on_after(DISCONNECT_S):
-                    try:
-                        await session.disconnect(DisconnectReason.USER)
-                    except Exception as exc:  # the tunnel may be gone already
-                        log.debug("session %d: disconnect: %s", entry.id, type(exc).__name__)
                 return
             if isinstance(item, _TunnelEndedNotice) or tunnel is None:
-                if not entry.closing:
-                    ended = None if tunnel is None else tunnel.ended
-                    if entry.meter is not None:
-                        entry.meter.failed(
-                            ended or SessionFailedError(Phase.TUNNEL, Reason.TERMINATED, "ended"),
-                            tunnel,
-                        )
-                    await self._send(
-                        TunnelEnded(
-                            id=entry.id,
-                            phase=str(Phase.TUNNEL) if ended is None else str(ended.phase),
-                            reason=str(Reason.TERMINATED) if ended is None else str(ended.reason),
-                            message="the tunnel ended" if ended is None else ended.message,
-                        )
-                    )
-                return
-            await self._echo(session, entry, item)
+                if entry.closing:
+                    return
+                ended = None if tunnel is None else tunnel.ended
+                raise ended or SessionFailedError(Phase.TUNNEL, Reason.TERMINATED, "ended")
+            await self._echo(runner, profile, session, entry, item)
 
-    async def _echo(self, session: VpnSession, entry: _Entry, cmd: Echo) -> None:
+    async def _echo(
+        self,
+        runner: SessionRunner[VpnSession],
+        profile: SessionProfile,
+        session: VpnSession,
+        entry: _Entry,
+        cmd: Echo,
+    ) -> None:
         tunnel = session.tunnel
         assert tunnel is not None
         with trio.CancelScope() as scope:
             entry.op_scope = scope
             try:
                 if entry.target is None:  # computed once: the address does not change
-                    entry.target = session.echo_target(None)
+                    entry.target = session.echo_target(profile.echo.target)
                 result = await tunnel.echo(
                     entry.target,
                     count=cmd.count,
-                    interval_s=cmd.interval_s,
+                    interval_s=cmd.spacing_s,
                     timeout_s=cmd.timeout_s,
                     payload_bytes=cmd.payload_bytes,
                     udp=cmd.udp,
@@ -486,9 +442,7 @@ class Sidecar:
         if scope.cancelled_caught:
             return  # a disconnect took over; the client no longer waits
         channel = max(result.channels, key=result.channels.__getitem__, default=tunnel.channel)
-        if entry.meter is not None:
-            entry.meter.echo(channel, result)
-            entry.meter.push(tunnel)
+        runner.echo(channel, result)
         await self._send(
             EchoCompleted(
                 seq=cmd.seq,
@@ -506,16 +460,6 @@ def _notify_end(entry: _Entry) -> None:
     if entry.up and not entry.closing:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             entry.inbox_send.send_nowait(_TunnelEndedNotice())
-
-
-def _current_phase(session: VpnSession) -> Phase:
-    """The first phase that has not completed: where a failure happened."""
-    for phase in _CONNECT_ORDER:
-        if phase not in session.phases and not (
-            phase is Phase.GROUP_SELECT and Phase.AUTH in session.phases
-        ):
-            return phase
-    return Phase.TUNNEL
 
 
 # -- entry point ------------------------------------------------------------------------

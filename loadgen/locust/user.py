@@ -9,7 +9,7 @@ event listeners that
   workers as Locust's host, its CA file through the forwarded options);
 - stop this process's engine sidecar at test stop, and the gateway at exit.
 
-User names come from ``--vpn-user-pattern`` with ``n`` unique across the
+User names come from ``--vpn-user`` with ``n`` unique across the
 run: Locust process ``w`` (the runner's worker index) takes n = w * 100000 +
 1, 2, ...; an identity freed by a stopped user serves again (gateways evict
 an older session of the same user).
@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,16 @@ from loadgen.locust.client import (
     VpnRequestError,
 )
 from loadgen.locust.protocol import Connect, EchoCompleted, TunnelEnded
-from loadgen.locust.settings import VpnSettings, add_options, check_files, settings_for
+from loadgen.locust.settings import add_options, check_files, settings_for
+from loadgen.options import ClientOptions, Front, dest_of, flag_of
 
-__all__ = ["IDENTITIES_PER_PROCESS", "VpnConnection", "VpnSettings", "VpnUser"]
+__all__ = ["EMBEDDED_PASSWORD", "IDENTITIES_PER_PROCESS", "VpnConnection", "VpnUser"]
 
 log = logging.getLogger("loadgen.locust")
 
 IDENTITIES_PER_PROCESS = 100_000
+#: the embedded gateway accepts any user with any password; this one is sent
+EMBEDDED_PASSWORD = "loadgen"
 
 
 # -- per process state ------------------------------------------------------------------
@@ -86,7 +90,7 @@ class _Process:
                 settings = settings_for(environment.parsed_options)
                 worker = _worker_index(environment)
                 port = None
-                if settings.metrics_port is not None:
+                if settings.metrics_port:  # 0: off
                     port = settings.metrics_port + worker
                 client = SidecarClient(environment.events.request.fire)
                 client.start(metrics_port=port, metrics_host=settings.metrics_host)
@@ -101,22 +105,22 @@ class _Process:
         if sidecar is not None:
             sidecar.close()
 
-    def acquire(self, environment: Environment, settings: VpnSettings) -> tuple[Credentials, str]:
+    def acquire(self, environment: Environment, settings: ClientOptions) -> tuple[Credentials, str]:
         worker = _worker_index(environment)
         workers = _worker_count(environment)
-        key = (settings.credentials_file or settings.user_pattern, settings.group, worker)
+        key = (settings.credentials or settings.user, settings.group, worker)
         if self._pool is None or self._pool_key != key:
             feeder: IdentityFeeder
-            if settings.credentials_file:
+            if settings.credentials:
                 if worker >= workers:
                     raise FeederError(
                         f"worker {worker} of {workers}: give the master --expect-workers "
                         "with the number of workers, so the credentials file splits right"
                     )
-                feeder = load_credentials(settings.credentials_file).slice(worker, workers)
+                feeder = load_credentials(settings.credentials).slice(worker, workers)
             else:
                 feeder = PatternFeeder(
-                    settings.user_pattern,
+                    settings.user,
                     password="",  # filled in per connect: never kept in the pool
                     group=settings.group,
                     first=worker * IDENTITIES_PER_PROCESS + 1,
@@ -195,9 +199,17 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
             _PROCESS.discovery = discovery.ServiceDiscoveryFile(Path(sd_path))
             _PROCESS.discovery.write()  # an empty list until sidecars start
             log.info("Prometheus service discovery file: %s", sd_path)
-    if isinstance(runner, WorkerRunner) or environment.host:
+    if isinstance(runner, WorkerRunner):
         return
-    if any(getattr(cls, "host", None) for cls in environment.user_classes):
+    if environment.host or any(getattr(cls, "host", None) for cls in environment.user_classes):
+        if settings.password is None and settings.credentials is None:
+            log.error(
+                "no password for %s: give %s (or LOADGEN_VPN_PASSWORD), or %s",
+                environment.host or "the users' hosts",
+                flag_of("password", Front.LOCUST),
+                flag_of("credentials", Front.LOCUST),
+            )
+            sys.exit(2)
         return
     gateway = GatewayProcess(_embedded_gateway_args(environment))
     info = gateway.start()
@@ -205,10 +217,14 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
     environment.host = info.url
     options = environment.parsed_options
     if options is not None:
-        if getattr(options, "vpn_cafile", ""):
-            log.warning("--vpn-cafile ignored: the embedded gateway brings its own CA")
+        if settings.tls_given:
+            log.warning("TLS options ignored: the embedded gateway brings its own CA")
         # custom options are forwarded to workers with each spawn message
+        for name in ("servername", "servercert", "insecure"):
+            setattr(options, dest_of(name, Front.LOCUST), None)
         options.vpn_cafile = info.ca_path
+        if settings.password is None:
+            options.vpn_password = EMBEDDED_PASSWORD
         options.host = info.url
     log.info("no --host: the embedded reference gateway %s is the target", info.url)
 
@@ -253,6 +269,11 @@ events.quitting.add_listener(_on_quitting)  # type: ignore[no-untyped-call]
 # -- the user ---------------------------------------------------------------------------
 
 
+def _connect_bound_s(settings: ClientOptions) -> float:
+    """How long a connect may take: phases 1 to 5, each bounded, then DTLS's schedule."""
+    return settings.timeout_s * 5 + settings.dtls_schedule[-1]
+
+
 class VpnConnection:
     """The tunnel of one VpnUser, driven through this process's sidecar.
 
@@ -270,7 +291,7 @@ class VpnConnection:
         self.channel: str | None = None
 
     @property
-    def settings(self) -> VpnSettings:
+    def settings(self) -> ClientOptions:
         return settings_for(self._user.environment.parsed_options)
 
     def connect(self) -> bool:
@@ -295,29 +316,23 @@ class VpnConnection:
         sid = next(_PROCESS.ids)
         self._sid, self._creds, self._sidecar = sid, creds, sidecar
         sidecar.on_tunnel_ended[sid] = self._ended
-        command = Connect(
-            seq=0,  # the client assigns it
-            id=sid,
-            url=url,
-            username=creds.username,
-            # a credentials file brings its own passwords; the pattern uses --vpn-password
-            password=creds.password or settings.password,
-            group=creds.group or settings.group,
-            cafile=settings.cafile,
-            insecure=settings.insecure,
-            servername=settings.servername,
-            pin=settings.servercert,
-            hostname=hostname,
-            dtls=settings.dtls,
-            dtls_ciphers=settings.dtls_ciphers,
-            dtls12_ciphers=settings.dtls12_ciphers,
-            dtls_host=settings.dtls_host,
-            dtls_port=settings.dtls_port,
-            dtls_reattempt_s=settings.dtls_reattempt_s,
-            timeout_s=settings.timeout_s,
-        )
         try:
-            reply = sidecar.connect(command)
+            # the options travel to the sidecar once per option set
+            profile = sidecar.configure(settings, url)
+            if profile is None:
+                self._forget()
+                return False
+            command = Connect(
+                seq=0,  # the client assigns it
+                id=sid,
+                profile=profile,
+                username=creds.username,
+                # a credentials file brings its own passwords; None: the profile's
+                password=creds.password or None,
+                group=creds.group,
+                hostname=hostname,
+            )
+            reply = sidecar.connect(command, bound_s=_connect_bound_s(settings))
         except SidecarError as exc:
             self._forget()
             self._sidecar_failed(exc)
@@ -364,13 +379,21 @@ class VpnConnection:
         self,
         count: int | None = None,
         *,
-        interval_s: float | None = None,
+        spacing_s: float | None = None,
         timeout_s: float | None = None,
-        udp: bool = False,
-        size_bytes: int = 56,
+        udp: bool | None = None,
+        size_bytes: int | None = None,
+        interval_s: float | None = None,
     ) -> EchoCompleted | None:
-        """An ICMP echo burst to the gateway's tunnel address; a user whose
-        tunnel is down reconnects first, as a real client would."""
+        """An echo burst (ICMP, or UDP to port 7 with ``udp``) to the echo target;
+        what is not given comes from the ``--vpn-echo-*`` options.  A user whose
+        tunnel is down reconnects first, as a real client would.  ``interval_s``
+        is the old name of ``spacing_s``."""
+        if interval_s is not None:
+            warnings.warn(
+                "echo(interval_s=...) is deprecated: use spacing_s", DeprecationWarning, 2
+            )
+            spacing_s = interval_s if spacing_s is None else spacing_s
         if not self.connected and not self.connect():
             return None
         assert self._sidecar is not None and self._sid is not None
@@ -379,10 +402,10 @@ class VpnConnection:
             reply = self._sidecar.echo(
                 self._sid,
                 count=settings.echo_count if count is None else count,
-                interval_s=settings.echo_interval_s if interval_s is None else interval_s,
+                spacing_s=settings.echo_spacing_s if spacing_s is None else spacing_s,
                 timeout_s=settings.echo_timeout_s if timeout_s is None else timeout_s,
-                udp=udp,
-                payload_bytes=size_bytes,
+                udp=settings.echo_udp if udp is None else udp,
+                payload_bytes=settings.echo_size if size_bytes is None else size_bytes,
             )
         except SidecarError:
             # it exited: its requests were reported as failures; reconnect next time
@@ -397,14 +420,21 @@ class VpnConnection:
         packets: int = 10,
         *,
         size_bytes: int = 1000,
-        interval_s: float = 0.01,
+        spacing_s: float = 0.01,
         timeout_s: float | None = None,
+        interval_s: float | None = None,
     ) -> EchoCompleted | None:
         """A burst of ``packets`` UDP datagrams of ``size_bytes`` payload to the
-        gateway's UDP echo (port 7), each answered through the tunnel: a
-        ``traffic`` row per channel whose length is the bytes echoed back."""
+        echo target's UDP echo (port 7), each answered through the tunnel: a
+        ``traffic`` row per channel whose length is the bytes echoed back.
+        ``interval_s`` is the old name of ``spacing_s``."""
+        if interval_s is not None:
+            warnings.warn(
+                "traffic(interval_s=...) is deprecated: use spacing_s", DeprecationWarning, 2
+            )
+            spacing_s = interval_s
         return self.echo(
-            packets, interval_s=interval_s, timeout_s=timeout_s, udp=True, size_bytes=size_bytes
+            packets, spacing_s=spacing_s, timeout_s=timeout_s, udp=True, size_bytes=size_bytes
         )
 
     def disconnect(self) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import trio
 
 from loadgen.cli.connect import run_connect
 from loadgen.cli.main import build_parser
-from loadgen.engine.session import SessionConfig
-from loadgen.engine.tls import TlsOptions, build_client_context
-from loadgen.engine.url import parse_gateway_url
+from loadgen.engine.profile import SessionProfile
+from loadgen.options import Front, from_namespace
 from tests.helpers.certs import ServerPki, make_server_pki
 from tests.helpers.scripted_gateway import COOKIE, Script, ScriptedGateway
 
@@ -102,13 +102,10 @@ async def test_report_never_contains_secrets(pki: ServerPki, password: str) -> N
         args = build_parser().parse_args(
             ["connect", gw.url, "--user", "alice", "--password", password, "--echo", "2", "--json"]
         )
-        cfg = SessionConfig(
-            url=parse_gateway_url(gw.url),
-            username="alice",
-            password=password,
-            tls=TlsOptions(cafile=str(pki.ca_cert_path)),
-        )
-        report = await run_connect(cfg, build_client_context(cfg.tls), args)
+        opts = from_namespace(args, Front.CONNECT)
+        profile = SessionProfile(replace(opts, cafile=str(pki.ca_cert_path)), gw.url)
+        cfg = profile.config(username="alice", password=None, group=None, hostname="h1")
+        report = await run_connect(profile, cfg)
         nursery.cancel_scope.cancel()
     text = json.dumps(report)
     assert report["ok"] is (password == "test")

@@ -102,7 +102,7 @@ class Mover(VpnUser):
 
     @task
     def move(self) -> None:
-        self.vpn.traffic(packets=20, size_bytes=1000, interval_s=0.005)
+        self.vpn.traffic(packets=20, size_bytes=1000, spacing_s=0.005)
 """
 
 

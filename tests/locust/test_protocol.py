@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from loadgen.locust.protocol import (
     MAX_FRAME_BYTES,
     CommandRejected,
+    Configure,
+    Configured,
     Connect,
     Connected,
     Disconnect,
@@ -30,28 +32,30 @@ from loadgen.locust.protocol import (
     decode_message_untrusted,
     encode_message,
 )
+from loadgen.options import ClientOptions
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
 
 SECRET = "s3cr3t-Pa55"
 
+OPTIONS = ClientOptions(
+    password=SECRET,
+    group="Employees",
+    cafile="ca.pem",
+    insecure=True,
+    no_dtls=True,
+    dtls_ciphers=("AES256-SHA",),
+    dtls12_ciphers=("AES256-GCM-SHA384", "AES128-GCM-SHA256"),
+    dtls_schedule=(0.0, 0.5, 2.0),
+    timeout_s=5.5,
+)
+
 EXAMPLES: list[Message] = [
-    Connect(seq=1, id=7, url="https://127.0.0.1:4443/", username="user1", password=SECRET),
-    Connect(
-        seq=2,
-        id=8,
-        url="https://vpn.example.com/",
-        username="user2",
-        password=SECRET,
-        group="Employees",
-        cafile="/tmp/ca.pem",
-        insecure=True,
-        hostname="loadgen-abc-0-1",
-        dtls=False,
-        dtls_ciphers=("AES256-SHA",),
-        dtls12_ciphers=("AES256-GCM-SHA384", "AES128-GCM-SHA256"),
-        timeout_s=5.5,
-    ),
-    Echo(seq=3, id=7, count=5, interval_s=0.0, timeout_s=1.0),
+    Connect(seq=1, id=7, profile=1, username="user1", password=SECRET),
+    Connect(seq=2, id=8, profile=2, username="user2", group="Employees", hostname="lg-abc-0-1"),
+    Configure(seq=5, profile=1, url="https://127.0.0.1:4443/", options=ClientOptions()),
+    Configure(seq=6, profile=2, url="https://vpn.example.com/", options=OPTIONS),
+    Configured(seq=6, profile=2),
+    Echo(seq=3, id=7, count=5, spacing_s=0.0, timeout_s=1.0),
     Disconnect(seq=4, id=7),
     Shutdown(),
     SidecarReady(pid=1234),
@@ -100,15 +104,25 @@ def test_known_bytes() -> None:
 
 def test_defaults_fill_missing_optional_fields() -> None:
     message = decode_message_untrusted(
-        b'{"type":"connect","seq":1,"id":2,"url":"https://h/","username":"u","password":"p"}'
+        b'{"type":"connect","seq":1,"id":2,"profile":1,"username":"u"}'
     )
     assert isinstance(message, Connect)
-    assert message.dtls is True
-    assert message.group is None
-    assert message.timeout_s == 30.0
-    echo = decode_message_untrusted(b'{"type":"echo","seq":1,"id":2,"interval_s":1}')
-    assert echo == Echo(seq=1, id=2, count=3, interval_s=1.0, timeout_s=2.0)
-    assert isinstance(echo, Echo) and isinstance(echo.interval_s, float)
+    assert (message.password, message.group) == (None, None)
+    echo = decode_message_untrusted(b'{"type":"echo","seq":1,"id":2,"spacing_s":1}')
+    assert echo == Echo(seq=1, id=2, count=3, spacing_s=1.0, timeout_s=2.0)
+    assert isinstance(echo, Echo) and isinstance(echo.spacing_s, float)
+    configure = decode_message_untrusted(
+        b'{"type":"configure","seq":1,"profile":3,"url":"https://h/","options":{"timeout_s":5}}'
+    )
+    assert isinstance(configure, Configure)
+    assert configure.options == ClientOptions(timeout_s=5.0)
+
+
+def test_options_are_checked_as_the_table_checks_them() -> None:
+    for bad in (b'{"dtls_port":0}', b'{"dtls_schedule":[1,2]}', b'{"echo_size":1}'):
+        payload = b'{"type":"configure","seq":1,"profile":1,"url":"u","options":' + bad + b"}"
+        with pytest.raises(FrameError, match="bad configure message"):
+            decode_message_untrusted(payload)
 
 
 def test_stream_fed_byte_by_byte() -> None:
@@ -138,9 +152,9 @@ def test_partial_frame_waits() -> None:
 
 
 def test_password_not_in_repr() -> None:
-    message = EXAMPLES[0]
-    assert SECRET not in repr(message)
-    assert SECRET not in str(message)
+    for message in (EXAMPLES[0], EXAMPLES[3]):
+        assert SECRET not in repr(message)
+        assert SECRET not in str(message)
 
 
 def test_password_not_in_errors() -> None:
@@ -149,7 +163,7 @@ def test_password_not_in_errors() -> None:
             "type": "connect",
             "seq": 1,
             "id": 1,
-            "url": "https://h/",
+            "profile": 1,
             "username": "u",
             "password": SECRET,
             "group": [SECRET],
@@ -187,10 +201,10 @@ def test_password_not_in_errors() -> None:
         (b'{"type":"disconnect","seq":1.0,"id":2}', "float as int"),
         (b'{"type":"disconnect","seq":99999999999999999999,"id":2}', "huge int"),
         (b'{"type":"disconnect","seq":1,"id":null}', "null id"),
-        (b'{"type":"echo","seq":1,"id":2,"interval_s":NaN}', "NaN"),
-        (b'{"type":"echo","seq":1,"id":2,"interval_s":Infinity}', "Infinity"),
-        (b'{"type":"echo","seq":1,"id":2,"interval_s":1e400}', "overflowing float"),
-        (b'{"type":"echo","seq":1,"id":2,"interval_s":true}', "bool as float"),
+        (b'{"type":"echo","seq":1,"id":2,"spacing_s":NaN}', "NaN"),
+        (b'{"type":"echo","seq":1,"id":2,"spacing_s":Infinity}', "Infinity"),
+        (b'{"type":"echo","seq":1,"id":2,"spacing_s":1e400}', "overflowing float"),
+        (b'{"type":"echo","seq":1,"id":2,"spacing_s":true}', "bool as float"),
         (
             b'{"type":"echo_result","seq":1,"id":2,"channel":"dtls","sent":1,"received":1,"rtts_s":[1,"x"]}',
             "bad array item",
@@ -200,8 +214,13 @@ def test_password_not_in_errors() -> None:
             "object as array",
         ),
         (
-            b'{"type":"connect","seq":1,"id":2,"url":"u","username":"u","password":"p","dtls":1}',
+            b'{"type":"configure","seq":1,"profile":2,"url":"u","options":{"no_dtls":1}}',
             "int as bool",
+        ),
+        (b'{"type":"configure","seq":1,"profile":2,"url":"u","options":[]}', "array as options"),
+        (
+            b'{"type":"configure","seq":1,"profile":2,"url":"u","options":{"nope":1}}',
+            "unknown option",
         ),
         (b"[" * 100_000 + b"]" * 100_000, "deep nesting"),
         (
@@ -307,10 +326,12 @@ _json_values = st.recursive(
     max_leaves=20,
 )
 _field_names = st.sampled_from(
-    ["seq", "id", "url", "username", "password", "count", "interval_s", "rtts_s", "dtls", "x"]
+    ["seq", "id", "profile", "url", "username", "password", "count", "spacing_s", "rtts_s"]
+    + ["options", "x"]
 )
 _types = st.sampled_from(
-    ["connect", "echo", "disconnect", "shutdown", "phase", "echo_result", "ended", "nope"]
+    ["connect", "configure", "echo", "disconnect", "shutdown", "phase", "echo_result", "ended"]
+    + ["nope"]
 )
 
 

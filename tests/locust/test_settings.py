@@ -1,4 +1,8 @@
-"""``VpnSettings``: the checked ``--vpn-*`` options, and ``python -m loadgen.locust``."""
+"""The ``--vpn-*`` options as a Locust process reads them, and ``python -m loadgen.locust``.
+
+The table itself (defaults, meanings, errors, old spellings) is tested in
+tests/test_options.py against every front end; this is Locust's side.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.locust.settings import VpnSettings, check_files, settings_for
+from loadgen.locust.settings import check_files, settings_for
+from loadgen.options import ClientOptions
 
 
 def _options(**values: object) -> argparse.Namespace:
@@ -17,60 +22,38 @@ def _options(**values: object) -> argparse.Namespace:
 
 
 def test_defaults() -> None:
-    s = VpnSettings.from_options(None)
-    assert (s.user_pattern, s.dtls, s.metrics_port, s.credentials_file) == (
-        "user{n}",
-        True,
-        9646,
-        None,
-    )
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"vpn_servercert": "md5:00"}, "--vpn-servercert"),
-        ({"vpn_servercert": "sha1:" + "00" * 20, "vpn_insecure": True}, "contradict"),
-        ({"vpn_dtls_ciphers": "NOPE-SHA"}, "unknown cipher"),
-        ({"vpn_dtls_port": 70000}, "--vpn-dtls-port"),
-        ({"vpn_dtls_reattempt": 0.0}, "--vpn-dtls-reattempt"),
-        ({"vpn_metrics_port": 70000}, "--vpn-metrics-port"),
-        ({"vpn_user_pattern": "fixed"}, "--vpn-user-pattern"),
-        ({"vpn_echo_count": 0}, "--vpn-echo-count"),
-    ],
-)
-def test_bad_values_are_one_clear_error(values: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        VpnSettings.from_options(_options(**values))
+    s = settings_for(None)
+    assert (s.user, s.no_dtls, s.metrics_port, s.credentials) == ("user{n}", False, 9646, None)
 
 
 def test_metrics_port_zero_is_off() -> None:
-    assert VpnSettings.from_options(_options(vpn_metrics_port=0)).metrics_port is None
+    assert settings_for(_options(vpn_metrics_port=0)).metrics_port == 0
 
 
 def test_password_is_not_in_the_repr() -> None:
-    s = VpnSettings.from_options(_options(vpn_password="hunter2-secret"))
+    s = settings_for(_options(vpn_password="hunter2-secret"))
     assert s.password == "hunter2-secret"
     assert "hunter2-secret" not in repr(s)
 
 
 def test_settings_are_computed_once_per_option_set() -> None:
     a = settings_for(_options(vpn_group="g1", host="x"))
-    assert settings_for(_options(vpn_group="g1", host="y")) is a  # only vpn_* values count
+    assert settings_for(_options(vpn_group="g1", host="y")) is a  # only our values count
     assert settings_for(_options(vpn_group="g2")) is not a
+    assert isinstance(a, ClientOptions)
 
 
 def test_credentials_file_is_checked_at_start(tmp_path: Path) -> None:
-    missing = VpnSettings.from_options(_options(vpn_credentials=str(tmp_path / "nope.txt")))
+    missing = settings_for(_options(vpn_credentials=str(tmp_path / "nope.txt")))
     with pytest.raises(ValueError, match="--vpn-credentials"):
         check_files(missing)
     empty = tmp_path / "empty.txt"
     empty.write_text("# nobody\n")
     with pytest.raises(ValueError, match="no identities"):
-        check_files(VpnSettings.from_options(_options(vpn_credentials=str(empty))))
+        check_files(settings_for(_options(vpn_credentials=str(empty))))
     good = tmp_path / "good.txt"
     good.write_text("alice:pw1\nbob:pw2:group2\n")
-    check_files(VpnSettings.from_options(_options(vpn_credentials=str(good))))
+    check_files(settings_for(_options(vpn_credentials=str(good))))
 
 
 def test_module_lists_every_option_without_importing_locust() -> None:
@@ -90,6 +73,14 @@ def test_module_lists_every_option_without_importing_locust() -> None:
         timeout=60,
         check=False,
     )
-    for option in ("--vpn-credentials", "--vpn-servercert", "--vpn-dtls-port", "--prometheus-sd"):
+    for option in (
+        "--vpn-credentials",
+        "--vpn-servercert",
+        "--vpn-dtls-port",
+        "--vpn-user-agent",
+        "--vpn-download",
+        "--vpn-dtls-schedule",
+        "--prometheus-sd",
+    ):
         assert option in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("CLEAN")
