@@ -18,7 +18,7 @@ import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -462,11 +462,3 @@ class DtlsChannel:
         self._dpd_waiters.pop(payload, None)
         return out[0] if out else None
 
-
-def offer(
-    ciphers: tuple[str, ...] | None, ciphers12: tuple[str, ...] | None, **rest: Any
-) -> DtlsOptions:
-    """Transitional (removed when the option table is wired in)."""
-    if ciphers is None and ciphers12 is None:
-        ciphers, ciphers12 = DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
-    return DtlsOptions(ciphers=ciphers, ciphers12=ciphers12, **rest)
