@@ -26,8 +26,6 @@ from loadgen.failures import Phase, Reason
 from loadgen.proto.personality import personality_names
 from tests.helpers.gateway import GatewayProcess, gateway_process
 
-_METRICS_URL = re.compile(r"metrics: (http://\S+)")
-
 
 def _cli(*args: str, timeout_s: float = 60, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -115,14 +113,14 @@ def test_startup_lines_and_the_ca_is_reused(tmp_path: Path) -> None:
 def test_metrics_port_serves_the_gateway_metrics(tmp_path: Path, fixed: bool) -> None:
     port = _free_port() if fixed else 0
     with gateway_process(tmp_path, "--metrics-port", str(port)) as gw:
-        line = _readline(gw.proc)
-        match = _METRICS_URL.search(line)
-        assert match is not None, line
+        # the banner's ``metrics:`` line
+        url = gw.metrics_url
+        assert url is not None
         if fixed:
-            assert match.group(1) == f"http://127.0.0.1:{port}/metrics"
+            assert url == f"http://127.0.0.1:{port}/metrics"
         else:  # the port really listening is shown, not 0
-            assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*/metrics", match.group(1))
-        with urllib.request.urlopen(match.group(1), timeout=10) as resp:
+            assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*/metrics", url)
+        with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.status == 200
             text = resp.read().decode()
         for name in (
@@ -144,7 +142,7 @@ def test_metrics_port_serves_the_gateway_metrics(tmp_path: Path, fixed: bool) ->
                 pass
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(match.group(1), timeout=10) as resp:
+            with urllib.request.urlopen(url, timeout=10) as resp:
                 text = resp.read().decode()
             if 'loadgen_gateway_dropped_total{reason="tls_handshake"} 1.0' in text:
                 break
