@@ -207,7 +207,10 @@ class Association:
         server = self._server
         if not server.send_frame(self._assoc, ptype, payload, trio.current_time()):
             return False
-        return self._queue.put_all_nowait(server.datagrams_to_send())
+        queued = True
+        for item in server.datagrams_to_send():  # one, in fact: one record per datagram
+            queued = self._queue.put_nowait(item) and queued
+        return queued
 
     async def send_frame(self, ptype: int, payload: bytes) -> bool:
         """Send one frame, waiting for room in the send queue; False if not up."""
@@ -261,6 +264,8 @@ class DtlsEndpoint:
         #: the sessions' handles, made when an association is first reported
         self._handles: dict[ServerAssociation[DtlsTarget], Association] = {}
         self._timer_scope: trio.CancelScope | None = None
+        #: the deadline the timer task sleeps until (-inf while it is not asleep)
+        self._timer_at = -math.inf
 
     # -- public surface ------------------------------------------------------------
 
@@ -317,9 +322,9 @@ class DtlsEndpoint:
         while True:
             deadline = server.get_timer()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._timer_scope = scope
+                self._timer_scope, self._timer_at = scope, scope.deadline
                 await trio.sleep_forever()
-            self._timer_scope = None
+            self._timer_scope, self._timer_at = None, -math.inf
             try:
                 server.handle_timer(trio.current_time())
                 self._react()
@@ -357,22 +362,27 @@ class DtlsEndpoint:
     def _react(self) -> None:
         """Run the callbacks of the server's events, queue its datagrams, and bring
         the timer forward if a deadline moved earlier."""
-        server = self.server
+        server, handles = self.server, self._handles
         while (event := server.next_event()) is not None:
-            if isinstance(event, FrameReceived):
-                handle = self._handle(event.association)
-                self._call(handle.target.on_dtls_frame, handle, event.ptype, event.payload)
+            if isinstance(event, FrameReceived):  # the per-record case: no helper calls
+                handle = handles.get(event.association) or self._handle(event.association)
+                try:
+                    handle.target.on_dtls_frame(handle, event.ptype, event.payload)
+                except Exception:
+                    self._target_error(handle.target.on_dtls_frame)
             elif isinstance(event, AssociationUp):
                 handle = self._handle(event.association)
                 self._call(handle.target.on_dtls_up, handle)
             else:
                 self._on_down(event)
-        self._queue.put_all_nowait(server.datagrams_to_send())
-        scope = self._timer_scope
-        if scope is not None:
-            deadline = server.get_timer()
-            if deadline is not None and deadline < scope.deadline:
-                scope.deadline = deadline
+        out = server.datagrams_to_send()
+        if out:
+            self._queue.put_all_nowait(out)
+        deadline = server.get_timer()
+        if deadline is not None and deadline < self._timer_at:  # a float, not the property
+            self._timer_at = deadline
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = deadline
 
     def _on_down(self, event: AssociationDown[DtlsTarget]) -> None:
         assoc, reason = event.association, event.reason
@@ -398,5 +408,9 @@ class DtlsEndpoint:
         try:
             callback(*args)
         except Exception:
-            self.stats.target_errors += 1
-            log.exception("DTLS endpoint: %s raised", getattr(callback, "__qualname__", callback))
+            self._target_error(callback)
+
+    def _target_error(self, callback: Callable[..., None]) -> None:
+        """Count and log the callback's exception (call from its ``except``)."""
+        self.stats.target_errors += 1
+        log.exception("DTLS endpoint: %s raised", getattr(callback, "__qualname__", callback))

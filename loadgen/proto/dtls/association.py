@@ -176,10 +176,10 @@ def _rejected(c: DtlsCounters) -> int:
 class ServerAssociation(Generic[TargetT]):
     """One DTLS association: a peer address bound to one gateway session.
 
-    Made and driven by ``DtlsServer``; a driver reads it and hands it back to the
-    server's commands.  ``bytes_in``/``bytes_out`` count UDP payload bytes;
-    ``records_in``/``records_out`` count application-data records (one frame
-    each, §7.7).
+    Made and driven by ``DtlsServer``, sharing its event queue and outbox; a driver
+    reads it and hands it back to the server's commands.  ``bytes_in``/``bytes_out``
+    count UDP payload bytes; ``records_in``/``records_out`` count application-data
+    records (one frame each, §7.7).
     """
 
     __slots__ = (
@@ -187,11 +187,14 @@ class ServerAssociation(Generic[TargetT]):
         "_dpd_s",
         "_events",
         "_liveness",
+        "_outbox",
+        "_rejected",
         "_stats",
         "bytes_in",
         "bytes_out",
         "closed",
         "created_at",
+        "needs_arming",
         "peer",
         "records_in",
         "records_out",
@@ -210,6 +213,7 @@ class ServerAssociation(Generic[TargetT]):
         now: float,
         stats: EndpointStats,
         events: deque[ServerEvent[TargetT]],
+        outbox: list[tuple[bytes, Address]],
     ) -> None:
         self.peer = peer
         self.session_id = session_id
@@ -220,10 +224,17 @@ class ServerAssociation(Generic[TargetT]):
         self.records_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: the deadline may now be earlier than the one the server armed: set by
+        #: every datagram of the handshake, read by the server.  Once up, records
+        #: only push DPD later, so the per-record path computes no deadline at all.
+        self.needs_arming = True
         self._conn = conn
         self._dpd_s = dpd_s
         self._stats = stats
         self._events = events
+        self._outbox = outbox
+        #: the connection's rejected records and datagrams, as last counted
+        self._rejected = 0
         #: set when the handshake completed: the association is up
         self._liveness: cstp.Liveness | None = None
 
@@ -249,11 +260,12 @@ class ServerAssociation(Generic[TargetT]):
         """Run one datagram through the connection; why it ended, if it did."""
         conn = self._conn
         self.bytes_in += len(data)
-        before = _rejected(conn.counters)
+        self.needs_arming = self._liveness is None
         conn.receive_datagram(data, now)
-        rejected = _rejected(conn.counters) - before
-        if rejected:
-            self._stats.dropped[DropReason.BAD_RECORD] += rejected
+        rejected = _rejected(conn.counters)  # only datagrams make the connection reject
+        if rejected != self._rejected:
+            self._stats.dropped[DropReason.BAD_RECORD] += rejected - self._rejected
+            self._rejected = rejected
         return self._drain(now)
 
     def handle_timer(self, now: float) -> DownReason | None:
@@ -295,11 +307,14 @@ class ServerAssociation(Generic[TargetT]):
         self.records_out += 1
         return True
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
+    def flush(self, now: float) -> None:
+        """Move the connection's datagrams to the server's outbox, addressed to the peer."""
         out = self._conn.datagrams_to_send(now)
-        for datagram in out:
-            self.bytes_out += len(datagram)
-        return out
+        if out:  # most records are answered by nothing
+            peer, append = self.peer, self._outbox.append
+            for datagram in out:
+                self.bytes_out += len(datagram)
+                append((datagram, peer))
 
     def terminate(self) -> None:
         """Closed from now on; close_notify unless the connection already ended."""

@@ -212,13 +212,10 @@ class DtlsConnection:
         try:
             for record in iter_records_untrusted(data):
                 self._handle_record(record, now)
-                if self._closed():
+                if self._state is _CLOSED:
                     return
         except BadPacketError:
             self.counters.datagrams_undecodable += 1
-
-    def _closed(self) -> bool:
-        return self._state is _CLOSED
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self._resend_pending:
@@ -232,7 +229,8 @@ class DtlsConnection:
         return out
 
     def get_timer(self) -> float | None:
-        if self._state not in RETRANSMITTING:
+        state = self._state
+        if state is _ESTABLISHED or state not in RETRANSMITTING:  # skips Enum.__hash__
             return None
         return self._flight_start + self._schedule[self._tx_index]
 
@@ -329,7 +327,7 @@ class DtlsConnection:
                 return
             self._window1.mark(seq)
             counters.records_unprotected += 1
-            if record.content_type == _APP and self._state is State.ESTABLISHED:
+            if record.content_type == _APP and self._state is _ESTABLISHED:
                 self._events.append(ApplicationDataReceived(data=plaintext))
                 return
             self._dispatch(record.content_type, 1, plaintext, now)

@@ -166,9 +166,13 @@ class DtlsServer(Generic[TargetT]):
     def next_event(self) -> ServerEvent[TargetT] | None:
         return self._events.popleft() if self._events else None
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self) -> Sequence[tuple[bytes, Address]]:
         """(datagram, peer) pairs queued since the last call, in order."""
-        out, self._outbox = self._outbox, []
+        outbox = self._outbox
+        if not outbox:
+            return ()  # the common case after a record: nothing made
+        out = outbox.copy()
+        outbox.clear()  # cleared, not replaced: the associations append to it
         return out
 
     def get_timer(self) -> float | None:
@@ -194,7 +198,13 @@ class DtlsServer(Generic[TargetT]):
             self._on_new_peer(data, peer, now)
             return
         try:
-            self._settle(assoc, assoc.receive_datagram(data, now), now)
+            ended = assoc.receive_datagram(data, now)
+            if ended is None:  # _settle, inlined on the per-record path
+                assoc.flush(now)
+                if assoc.needs_arming:
+                    self._arm(assoc)
+            else:
+                self._end(assoc, ended, now)
         except Exception as exc:
             self._internal_error(assoc, exc, now)
 
@@ -221,7 +231,7 @@ class DtlsServer(Generic[TargetT]):
         """Queue one frame (one record, one datagram); False if the association is not up."""
         if not assoc.seal_frame(ptype, payload, now):
             return False
-        self._flush(assoc, now)
+        assoc.flush(now)
         return True
 
     def close_association(self, assoc: ServerAssociation[TargetT], now: float) -> None:
@@ -277,6 +287,7 @@ class DtlsServer(Generic[TargetT]):
             now=now,
             stats=self.stats,
             events=self._events,
+            outbox=self._outbox,
         )
         self._by_peer[peer] = assoc
         self._by_session[session_id] = assoc
@@ -303,13 +314,8 @@ class DtlsServer(Generic[TargetT]):
         if ended is not None:
             self._end(assoc, ended, now)
             return
-        self._flush(assoc, now)
+        assoc.flush(now)
         self._arm(assoc)
-
-    def _flush(self, assoc: ServerAssociation[TargetT], now: float) -> None:
-        peer, append = assoc.peer, self._outbox.append
-        for datagram in assoc.datagrams_to_send(now):
-            append((datagram, peer))
 
     def _internal_error(
         self, assoc: ServerAssociation[TargetT], exc: Exception, now: float
@@ -331,7 +337,7 @@ class DtlsServer(Generic[TargetT]):
         was_up = assoc.up
         try:
             assoc.terminate()
-            self._flush(assoc, now)
+            assoc.flush(now)
         except Exception as exc:
             self.stats.internal_errors += 1
             if error is None:
