@@ -343,6 +343,11 @@ async def _serve(
         except OSError as exc:  # address in use, no such address: no traceback
             print(f"loadgen gateway: cannot listen on {listen}: {exc}", file=sys.stderr)
             return False
+        stop = trio.Event()
+        if parent_pid is not None:
+            nursery.start_soon(watch_parent, parent_pid, stop)
+        # before the banner: a parent may send SIGTERM as soon as it has read it
+        await nursery.start(watch_signals, stop)
         host = gateway.config.host
         shown = f"[{host}]" if ":" in host else host
         print(f"gateway listening: https://{shown}:{gateway.port}/", flush=True)
@@ -350,10 +355,6 @@ async def _serve(
             print(f"CA certificate: {ca_path}", flush=True)
         if metrics_port is not None:
             print(f"metrics: http://{shown}:{metrics_port}/metrics", flush=True)
-        stop = trio.Event()
-        if parent_pid is not None:
-            nursery.start_soon(watch_parent, parent_pid, stop)
-        nursery.start_soon(watch_signals, stop)
         await stop.wait()
         print("stopping the gateway", file=sys.stderr, flush=True)
         # TERMINATE first, so clients see an orderly end, not a reset
