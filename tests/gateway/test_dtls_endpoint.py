@@ -699,3 +699,81 @@ async def test_peer_close_notify_local_close_and_shutdown() -> None:
         assert targets[2].downs[0][1] == "shutdown"
         assert await raws[2].pump(lambda: raws[2].terminated is not None, 1.0)
         assert gw.stats.associations_active == 0
+
+
+# -- the shell's own work: callbacks and the send queue ------------------------------------
+
+
+class _Moody(FakeTarget):
+    """Raises from its callbacks, closes its association, or records send results."""
+
+    def __init__(self, session: DtlsSession, *, mood: str) -> None:
+        super().__init__(session, echo=False)
+        self.mood = mood
+        self.sent: list[bool] = []
+
+    def on_dtls_frame(self, assoc: Association, ptype: int, payload: bytes) -> None:
+        super().on_dtls_frame(assoc, ptype, payload)
+        if self.mood == "raise":
+            raise RuntimeError("a session's bug")
+        if self.mood == "close":
+            assoc.close()
+        if self.mood == "echo":
+            self.sent.append(assoc.send_frame_nowait(DATA, b"echo:" + payload))
+
+
+async def _joined(raw: RawClient, payloads: list[bytes]) -> None:
+    """Several DATA records in one datagram."""
+    for payload in payloads:
+        raw.conn.send_application_data(cstp.encode_dtls_payload(DATA, payload))
+    await raw.send_raw(b"".join(raw.conn.datagrams_to_send(trio.current_time())))
+
+
+async def test_a_raising_callback_is_counted_and_the_association_goes_on() -> None:
+    with trio.fail_after(10):
+        async with gateway() as gw:
+            session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=40)
+            target = _Moody(session, mood="raise")
+            gw.targets[session.session_id] = target
+            raw = await RawClient(session, seed=40).open(gw.port)
+            await raw.handshake()
+            await _joined(raw, [b"one", b"two"])
+            await wait_until(lambda: len(target.frames) == 2)
+            assert gw.stats.target_errors == 2 and gw.stats.internal_errors == 0
+            assert target.ups[0].up and not target.downs
+
+
+async def test_a_session_closing_its_association_in_a_callback_hears_nothing_more() -> None:
+    with trio.fail_after(10):
+        async with gateway() as gw:
+            session = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=41)
+            target = _Moody(session, mood="close")
+            gw.targets[session.session_id] = target
+            raw = await RawClient(session, seed=41).open(gw.port)
+            await raw.handshake()
+            await _joined(raw, [b"one", b"two"])
+            assert await raw.pump(lambda: raw.terminated is not None, 2.0)  # close_notify
+            assert target.data() == [b"one"]  # not the record after the close
+            assert not target.downs and not target.ups[0].up
+            assert gw.endpoint.association_count == 0 and gw.stats.associations_active == 0
+
+
+async def test_a_full_send_queue_drops_and_counts() -> None:
+    with trio.fail_after(10):
+        # room for the server's three-datagram flight, not for five echoes at once
+        async with gateway(send_queue_datagrams=3) as gw:
+            session = make_session(DTLS_CIPHERS_HEADER, "OC-DTLS1_2-AES128-GCM", seed=42)
+            target = _Moody(session, mood="echo")
+            gw.targets[session.session_id] = target
+            raw = await RawClient(session, seed=42).open(gw.port)
+            await raw.handshake()
+            await _joined(raw, [b"a", b"b", b"c", b"d", b"e"])  # before the sender runs
+            await wait_until(lambda: len(target.sent) == 5)
+            # three in the buffer, and one more if the sender task is waiting for it
+            queued = target.sent.count(True)
+            assert queued in (3, 4) and target.sent == [True] * queued + [False] * (5 - queued)
+            assert gw.stats.dropped[DropReason.SEND_QUEUE_FULL] == 5 - queued
+            assert await raw.pump(lambda: len(raw.frames) == queued, 2.0)
+            assert [p for _, p, _ in raw.frames] == [
+                b"echo:" + p for p in (b"a", b"b", b"c", b"d")[:queued]
+            ]

@@ -37,6 +37,7 @@ __all__ = [
     "ServerAssociation",
     "ServerEvent",
     "SessionTarget",
+    "TargetT",
 ]
 
 _DPD_REQ = cstp.PacketType.DPD_REQ

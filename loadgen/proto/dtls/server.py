@@ -21,10 +21,11 @@ not affected.  At most one association per session id exists.
 Timers: one heap for all associations (handshake retransmission, DPD).  An
 association has at most one live heap entry; a deadline that moves later (each
 received record pushes DPD back) leaves the entry in place and is re-checked
-when it fires, so the per-record path pushes nothing.  Entries made stale (a
-closed association, or a deadline moved earlier) are skipped when popped, and
-the heap is rebuilt when they outnumber the live ones.  So 10,000 idle
-associations cost 10,000 heap entries and one timer, not 10,000 timers.
+when it fires, so the per-record path pushes nothing, and once the association
+is up it does not even compute the deadline.  Entries made stale (a closed
+association, or a deadline moved earlier) are skipped when popped, and the heap
+is rebuilt when they outnumber the live ones.  So 10,000 idle associations cost
+10,000 heap entries and one timer, not 10,000 timers.
 
 Events, not callbacks into the sessions: the server never runs a session's code,
 so nothing re-enters it halfway through a datagram, a session's exception is
