@@ -1,12 +1,12 @@
 """Small helpers shared by the benchmarks: medians, a table printer, a machine line;
-child processes that are always killed, the reference gateway as a child, and a
-``loadgen run`` watched through its ``/metrics``."""
+child processes that are always killed (``loadgen.lifecycle``), their output lines
+with a deadline, the reference gateway as a child, and a ``loadgen run`` watched
+through its ``/metrics``."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import dataclasses
 import gc
 import json
 import os
@@ -20,18 +20,19 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from loadgen.gateway.embedded import gateway_spec
+from loadgen.lifecycle import Child, ChildSpec, ChildStartError, Stdio, start_child
 from loadgen.metrics.summary import Samples, merge, parse_exposition
 
 __all__ = [
@@ -43,16 +44,15 @@ __all__ = [
     "ReferenceGateway",
     "RunWatch",
     "Tick",
-    "children",
     "free_port",
     "gc_paused",
-    "install_signal_handlers",
     "machine_info",
     "median",
     "print_table",
     "proc_cpu_s",
     "proc_rss_kib",
     "scrape",
+    "spawn",
     "watch_run",
 ]
 
@@ -140,10 +140,8 @@ def print_table(
 
 
 # -- child processes, the reference gateway, watched runs ------------------------------
-# (engine_scale.py and connect_rate.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _POLL_S = 0.25
 
@@ -152,70 +150,37 @@ class BenchmarkError(RuntimeError):
     """A part could not produce its figure; the message says why."""
 
 
-# -- child processes ------------------------------------------------------------
+def _start(spec: ChildSpec) -> Child:
+    """A child of the benchmark: in its own process group (swept at stop), SIGKILLed
+    if the benchmark dies (PR_SET_PDEATHSIG), stopped by ``lifecycle.stop_all``."""
+    return start_child(
+        dataclasses.replace(spec, cwd=REPO_ROOT, new_session=True, pdeathsig=signal.SIGKILL)
+    )
 
 
-def _set_pdeathsig() -> None:
-    # Only safe from the main thread (the signal follows the forking thread).
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-class _Children:
-    """Every child of the benchmark, each in its own process group; all killed at the end."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, subprocess.Popen[bytes]] = {}
-
-    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(
-            list(argv),
-            cwd=REPO_ROOT,
-            start_new_session=True,
-            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - one prctl; spawned from the main thread
-            **kw,
-        )
-        self.live[proc.pid] = proc
-        return proc
-
-    def stop(
-        self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace_s: float = 15.0
-    ) -> int | None:
-        """Signal, wait (bounded), then SIGKILL the whole group; the exit code if any."""
-        try:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=grace_s)
-            # the group: loadgen run's engine processes and embedded gateways
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5.0)
-        finally:
-            self.live.pop(proc.pid, None)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        return proc.returncode
-
-    def kill_all(self) -> None:
-        for proc in list(self.live.values()):
-            self.stop(proc, signal.SIGKILL, grace_s=2.0)
-
-
-children = _Children()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    del frame
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that kill children
-
-
-def install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    stdin: Stdio = subprocess.DEVNULL,
+    stdout: Stdio = None,
+    stderr: Stdio = None,
+    env: Mapping[str, str] | None = None,
+    stop_signal: int = signal.SIGTERM,
+    stop_grace_s: float = 15.0,
+) -> Child:
+    """A child of the benchmark with the given stdio (no banner: the caller reads)."""
+    spec = ChildSpec(
+        name=name,
+        argv=argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        stop_signal=stop_signal,
+        stop_grace_s=stop_grace_s,
+    )
+    return _start(spec)
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -268,42 +233,55 @@ def scrape(ports: Sequence[int]) -> Samples | None:
 
 
 class LineReader:
-    """Lines of a child's stdout with a deadline (the child writes JSON lines)."""
+    """Lines of a child's stdout, each stamped with ``perf_counter`` when it was read."""
 
     def __init__(self, stream: Any) -> None:
         self._fd: int = stream.fileno()
         os.set_blocking(self._fd, False)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._fd, selectors.EVENT_READ)
-        self._buf = b""
-        self.lines: list[str] = []
+        self._partial = b""
+        self.lines: list[tuple[float, str]] = []
 
     def close(self) -> None:
         self._sel.close()
 
-    def wait_for(self, prefix: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                if line.startswith(prefix):
-                    self.lines.remove(line)
-                    return line[len(prefix) :]
-            seen = len(self.lines)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sel.select(timeout=remaining):
-                if time.monotonic() >= deadline:
-                    break
+    def wait_for(self, needle: str, timeout_s: float) -> tuple[float, str]:
+        """The (time, line) of the first line holding ``needle``, bounded by ``timeout_s``."""
+        for stamp, line in self.lines:
+            if needle in line:
+                return stamp, line
+        deadline = time.perf_counter() + timeout_s
+        while (remaining := deadline - time.perf_counter()) > 0:
+            if not self._sel.select(timeout=remaining):
                 continue
+            now = time.perf_counter()
             try:
                 data = os.read(self._fd, 65536)
             except BlockingIOError:
                 continue
             if not data:
                 break
-            *done, self._buf = (self._buf + data).split(b"\n")
-            self.lines += [d.decode(errors="replace") for d in done]
-        raise BenchmarkError(f"child never printed {prefix!r}; last lines: {self.lines[-10:]}")
+            *complete, self._partial = (self._partial + data).split(b"\n")
+            found: tuple[float, str] | None = None
+            for raw in complete:
+                line = raw.decode(errors="replace")
+                self.lines.append((now, line))
+                if found is None and needle in line:
+                    found = (now, line)
+            if found is not None:
+                return found
+        tail = "\n".join(line for _, line in self.lines[-25:])
+        raise BenchmarkError(f"never saw {needle!r} (output tail):\n{tail}")
+
+    def after(self, tag: str, timeout_s: float) -> Any:
+        """The JSON after ``tag`` on the first line holding it (the child's reports)."""
+        _, line = self.wait_for(tag, timeout_s)
+        return json.loads(line.split(tag, 1)[1])
+
+    def first(self, needle: str) -> float | None:
+        """When the first line holding ``needle`` was read, if it was."""
+        return next((t for t, line in self.lines if needle in line), None)
 
 
 @dataclass
@@ -315,36 +293,26 @@ class ReferenceGateway:
     url: str = ""
     ca: str = ""
     pid: int = 0
-    _proc: subprocess.Popen[bytes] | None = None
+    _child: Child | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> ReferenceGateway:
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-")
-        argv = [sys.executable, "-m", "loadgen", "gateway", "--listen", "127.0.0.1:0"]
-        argv += ["--cert-dir", self._tmp.name, *self.extra_args]
-        if self.metrics_port is not None:
-            argv += ["--metrics-port", str(self.metrics_port)]
-        log = Path(self._tmp.name) / "gateway.log"
-        with log.open("wb") as err:
-            self._proc = children.spawn(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-            )
-        self.pid = self._proc.pid
-        reader = LineReader(self._proc.stdout)
+        spec = gateway_spec(Path(self._tmp.name), self.extra_args, metrics_port=self.metrics_port)
         try:
-            self.url = reader.wait_for("gateway listening: ", 30.0).strip()
-            self.ca = reader.wait_for("CA certificate: ", 5.0).strip()
-        except BenchmarkError as exc:
+            self._child = _start(dataclasses.replace(spec, stop_grace_s=10.0))
+        except ChildStartError as exc:
             self.__exit__()
-            raise BenchmarkError(f"gateway did not start: {log.read_text()[-800:]}") from exc
-        finally:
-            reader.close()
+            raise BenchmarkError(str(exc)) from None
+        self.pid = self._child.pid
+        self.url = self._child.banner["url"]
+        self.ca = self._child.banner["ca"]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            children.stop(self._proc, signal.SIGTERM, grace_s=10.0)
-            self._proc = None
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -437,30 +405,36 @@ def watch_run(
             argv += ["--processes", str(processes)]
         ports = [port + k for k in range(processes)]
         with err_path.open("wb") as err:
-            proc = children.spawn(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+            run = spawn(
+                "loadgen run",
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stop_signal=signal.SIGINT,
+                stop_grace_s=20.0,
             )
         watch = RunWatch(code=None, wall_s=0.0)
         t0 = time.monotonic()
         stopped = False
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(password.encode() + b"\n")
-            proc.stdin.close()
-            while proc.poll() is None and time.monotonic() - t0 < timeout_s:
+            assert run.stdin is not None
+            run.stdin.write(password.encode() + b"\n")
+            run.stdin.close()
+            while run.poll() is None and time.monotonic() - t0 < timeout_s:
                 samples = scrape(ports)
                 if samples is not None:
                     watch.ticks.append(_tick(time.monotonic() - t0, samples, gateway_probe))
                     if not stopped and stop_when is not None and stop_when(watch.ticks):
                         # the parent of --processes forwards nothing: signal the group
-                        os.killpg(proc.pid, signal.SIGINT)
+                        os.killpg(run.pid, signal.SIGINT)
                         stopped = True
                 time.sleep(poll_s)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+                run.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
             watch.wall_s = time.monotonic() - t0
         finally:
-            watch.code = children.stop(proc, signal.SIGINT, grace_s=20.0)
+            watch.code = run.stop()
         with contextlib.suppress(OSError, ValueError):
             watch.summary = json.loads(summary_path.read_text())
         watch.stderr_tail = err_path.read_text(errors="replace")[-1500:]

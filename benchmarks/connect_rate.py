@@ -13,8 +13,8 @@ Everything runs on one machine (here 2 cores), client and gateway together.
   session is up, over that time; the run is stopped (SIGINT: DISCONNECT, summary) once every session
   has been up for 2 s, or ends at 3 ramps + 5 s.  CPU per connect is the client's
   (its ``process_cpu_seconds_total``) and the gateway's (/proc) over that slope.
-* ``ocserv``: as root, in a private network namespace (tests/helpers/netns.py) with the
-  real ocserv 1.1.6 from the test harness (DTLS on, no profile, ``--ocserv-sessions``
+* ``ocserv``: as root, in a private network namespace (loadgen/lab/netns.py) with the
+  real ocserv 1.1.6 from the lab harness (DTLS on, no profile, ``--ocserv-sessions``
   users): ``loadgen run`` with every session due at once (``--rate 1000``), then N
   parallel openconnect processes for each N of ``--parallel`` (a new one starts as
   soon as one reaches "Established DTLS connection"; each then holds its tunnel).  Rate
@@ -50,14 +50,15 @@ from benchmarks._util import (
     ReferenceGateway,
     RunWatch,
     Tick,
-    children,
-    install_signal_handlers,
     machine_info,
     median,
     print_table,
     proc_rss_kib,
+    spawn,
     watch_run,
 )
+from loadgen import lifecycle
+from loadgen.lifecycle import Child
 
 __all__ = [
     "OcservRate",
@@ -267,7 +268,7 @@ def rate_against_ocserv_loadgen(server: Any, sessions: int) -> OcservRate:
 
 @dataclass
 class _Oc:
-    proc: subprocess.Popen[bytes]
+    proc: Child
     user: str
     spawned: float
     up: float | None = None
@@ -296,7 +297,8 @@ def openconnect_pool(
             while pending and connecting < parallel:
                 n = pending.pop(0)
                 argv = [*base, f"--user=user{n}", f"--interface=ocr{n}", server.url]
-                proc = children.spawn(
+                proc = spawn(
+                    "openconnect",
                     argv,
                     env=env,
                     stdin=subprocess.PIPE,
@@ -342,14 +344,13 @@ def openconnect_pool(
     finally:
         sel.close()
         for oc in live.values():
-            with contextlib.suppress(ProcessLookupError):
-                oc.proc.send_signal(signal.SIGINT)  # BYE
+            oc.proc.send_signal(signal.SIGINT)  # BYE
         deadline = time.monotonic() + 15
         for oc in live.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 oc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         for oc in live.values():
-            children.stop(oc.proc, signal.SIGKILL, grace_s=1.0)
+            oc.proc.stop(1.0, sig=signal.SIGKILL)
     note = ""
     if failed:
         note = f"{len(failed)} exited early, e.g. {failed[0].tail[-300:]!r}"
@@ -370,7 +371,7 @@ def openconnect_pool(
 
 
 def part_ocserv(sessions: int, parallel: Sequence[int], repeat: int) -> list[OcservRate]:
-    from tests.helpers.ocserv import OcservConfig, OcservServer, write_openconnect_script
+    from loadgen.lab.ocserv import OcservConfig, OcservServer, write_openconnect_script
 
     users = {f"user{n}": PASSWORD for n in range(1, sessions + 1)}
     out: list[OcservRate] = []
@@ -518,10 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if "ocserv" in parts:
         # first, while single-threaded: ocserv, openconnect and every socket live there
-        from tests.helpers.netns import enter_private_netns
+        from loadgen.lab.netns import enter_private_netns
 
         enter_private_netns()
-    install_signal_handlers()
+    lifecycle.exit_on_sigterm()
     started = time.monotonic()
     print(f"{datetime.now(UTC):%Y-%m-%d}; {machine_info()}")
     out: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"json": None}}
@@ -540,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["ocserv"] = [vars(r) for r in oc]
             report_ocserv(oc)
     finally:
-        children.kill_all()
+        lifecycle.stop_all()
     print(f"\n{time.monotonic() - started:.0f} s wall")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -6,9 +6,9 @@
                                                 [--openconnect-no-system-trust]
 
 Run as root from the repository root.  The process first moves itself into a private
-network namespace (tests/helpers/netns.py): ocserv, openconnect's tun devices and every
-packet of this benchmark exist only there.  ocserv 1.1.6 is started by the test harness
-(tests/helpers/ocserv.py, DTLS on, no profile), then every round runs one full connect
+network namespace (loadgen/lab/netns.py): ocserv, openconnect's tun devices and every
+packet of this benchmark exist only there.  ocserv 1.1.6 is started by the lab harness
+(loadgen/lab/ocserv.py, DTLS on, no profile), then every round runs one full connect
 (TLS, authentication, CSTP CONNECT, DTLS up) with each client, in a rotating order so that
 machine noise spreads over all of them:
 
@@ -18,9 +18,10 @@ machine noise spreads over all of them:
   DTLS connection" on its output; at that line the process is stopped (SIGSTOP) while its
   CPU time (/proc/PID/task/*/schedstat, ns) and peak RSS (VmHWM) are read.  Then it may
   finish its tun set-up and is ended with SIGINT (it sends BYE).
-* ``loadgen engine, fresh process``: a new interpreter (``python -c``) importing only
-  ``loadgen``, running ``open_session`` / ``connect`` / ``wait_dtls``; it prints a line when
-  DTLS is up and blocks, and is sampled exactly like openconnect.
+* ``loadgen engine, fresh process``: a new interpreter (``python -m
+  benchmarks._fresh_client``) importing only ``loadgen``, running ``open_session`` /
+  ``connect`` / ``wait_dtls``; it prints a line when DTLS is up and blocks, and is
+  sampled exactly like openconnect.
 * ``loadgen connect (CLI)``: ``python -m loadgen connect URL --user alice --password-stdin
   --cafile CA --echo 0 --json --download off``.  Its DTLS-up moment is not visible from
   outside: connect time is its JSON ``phases.connect`` (phases 1-6), CPU and peak RSS are
@@ -47,12 +48,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import json
 import os
-import resource
 import selectors
 import shlex
 import signal
@@ -66,23 +64,32 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import trio
 
-from benchmarks._util import Column, machine_info, median, print_table
+from benchmarks._fresh_client import MARK as CHILD_MARK
+from benchmarks._util import (
+    BenchmarkError,
+    Column,
+    LineReader,
+    machine_info,
+    median,
+    print_table,
+    spawn,
+)
+from loadgen import lifecycle
 from loadgen.engine.session import DownloadMode, SessionConfig, open_session
 from loadgen.engine.tls import TlsOptions, build_client_context
 from loadgen.engine.url import parse_gateway_url
+from loadgen.lab.netns import enter_private_netns
+from loadgen.lab.ocserv import OcservConfig, OcservServer, write_openconnect_script
+from loadgen.lifecycle import Child
 from loadgen.proto.cstp import DisconnectReason
-from tests.helpers.netns import enter_private_netns
-from tests.helpers.ocserv import OcservConfig, OcservServer, write_openconnect_script
 
 __all__ = [
     "CLIENTS",
     "ROWS",
-    "BenchmarkError",
     "Sample",
     "main",
     "run_loadgen_cli",
@@ -108,56 +115,12 @@ CLIENT_KEYS = {
 }
 
 USER = "alice"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DTLS_LINE = "Established DTLS connection"
-CHILD_MARK = "LOADGEN-DTLS-UP "
 _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
-_PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 5.0
 _SETTLE_S = 2.0
 _POLL_S = 0.002
-
-#: The fresh-process client: only ``loadgen`` is imported, as in the CLI.  It prints one
-#: line when DTLS is up, then blocks the event loop on stdin on purpose, so that nothing
-#: runs while the parent reads its /proc figures; a line on stdin lets it log out.
-_CHILD_CODE = """\
-import json, sys, time
-import trio
-from loadgen.engine.session import DownloadMode, SessionConfig, open_session
-from loadgen.engine.tls import TlsOptions, build_client_context
-from loadgen.engine.url import parse_gateway_url
-from loadgen.proto.cstp import DisconnectReason
-
-url, cafile, user = sys.argv[1:4]
-password = sys.stdin.readline().rstrip("\\n")
-tls = TlsOptions(cafile=cafile)
-cfg = SessionConfig(url=parse_gateway_url(url), username=user, password=password, tls=tls,
-                    hostname="loadgen-1", download=DownloadMode.OFF)
-ctx = build_client_context(tls)
-
-async def run():
-    async with open_session(cfg, ctx) as s:
-        t0 = time.perf_counter()
-        await s.connect()
-        await s.wait_dtls()
-        t1 = time.perf_counter()
-        r = s.tunnel.dtls.report if s.tunnel is not None and s.tunnel.dtls else None
-        print("LOADGEN-DTLS-UP " + json.dumps({
-            "connect_s": t1 - t0,
-            "channel": s.tunnel.channel if s.tunnel is not None else None,
-            "phases": {str(k): v for k, v in s.phases.items()},
-            "dtls": None if r is None else f"{r.version} {r.cipher}",
-        }), flush=True)
-        sys.stdin.readline()
-        await s.disconnect(DisconnectReason.USER)
-
-trio.run(run)
-"""
-
-
-class BenchmarkError(RuntimeError):
-    """A connect failed or a client misbehaved; the run stops."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,84 +144,30 @@ class Sample:
 
 # -- processes ------------------------------------------------------------------
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
-
-def _set_pdeathsig() -> None:
-    # If this benchmark dies hard, its children die too (runs in the child before exec).
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _spawn(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any
-) -> subprocess.Popen[bytes]:
-    """Popen in its own process group (so its script children can be swept), tracked."""
-    proc: subprocess.Popen[bytes] = subprocess.Popen(
-        list(argv),
-        cwd=REPO_ROOT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - single prctl, this process is single-threaded
+def _piped(name: str, argv: Sequence[str], **kw: Any) -> Child:
+    """A client with stdin and stdout piped, stderr into stdout."""
+    return spawn(
+        name,
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stop_grace_s=_STOP_GRACE_S,
         **kw,
     )
-    _LIVE[proc.pid] = proc
-    return proc
 
 
-def _pipes(proc: subprocess.Popen[bytes]) -> tuple[Any, Any]:
-    """(stdin, stdout) of a child spawned with both piped."""
-    if proc.stdin is None or proc.stdout is None:
+def _pipes(child: Child) -> tuple[IO[bytes], LineReader]:
+    """The child's stdin, and a line reader on its stdout."""
+    if child.stdin is None or child.stdout is None:
         raise BenchmarkError("child spawned without its pipes")
-    return proc.stdin, proc.stdout
+    return child.stdin, LineReader(child.stdout)
 
 
-def _exited(pid: int) -> bool:
-    """True once ``pid`` has exited; it stays a zombie (WNOWAIT), so its group id stays ours."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _wait_exited(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not _exited(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
-
-
-def _reap(
-    proc: subprocess.Popen[bytes], *, sig: int | None = None, grace_s: float = _STOP_GRACE_S
-) -> resource.struct_rusage | None:
-    """Optionally signal, wait (bounded), SIGKILL the whole group, reap; rusage if reaped here."""
-    usage: resource.struct_rusage | None = None
-    try:
-        if proc.returncode is None:
-            if sig is not None and not _exited(proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, sig)
-            _wait_exited(proc.pid, grace_s)
-            # Sweep the group (script children) while the leader is unreaped.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        _LIVE.pop(proc.pid, None)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-    return usage
-
-
-def _kill_all() -> None:
-    for proc in list(_LIVE.values()):
-        _reap(proc, sig=signal.SIGKILL, grace_s=1.0)
+def _left(t0: float, timeout_s: float) -> float:
+    """What is left of ``timeout_s`` since ``t0`` (perf_counter)."""
+    return t0 + timeout_s - time.perf_counter()
 
 
 def _cpu_ms(pid: int) -> float:
@@ -275,51 +184,6 @@ def _vmhwm_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise BenchmarkError(f"no VmHWM for pid {pid}")
-
-
-class _LineReader:
-    """Lines of a child's pipe, each stamped with ``perf_counter`` when it was read."""
-
-    def __init__(self, stream: Any) -> None:
-        self._fd: int = stream.fileno()
-        os.set_blocking(self._fd, False)
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._fd, selectors.EVENT_READ)
-        self._partial = b""
-        self.lines: list[tuple[float, str]] = []
-
-    def close(self) -> None:
-        self._sel.close()
-
-    def wait_for(self, needle: str, deadline: float) -> tuple[float, str]:
-        """The (time, line) of the first line holding ``needle``; bounded by ``deadline``."""
-        for stamp, line in self.lines:
-            if needle in line:
-                return stamp, line
-        while (remaining := deadline - time.perf_counter()) > 0:
-            if not self._sel.select(timeout=remaining):
-                continue
-            now = time.perf_counter()
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            if not data:
-                break
-            *complete, self._partial = (self._partial + data).split(b"\n")
-            found: tuple[float, str] | None = None
-            for raw in complete:
-                line = raw.decode(errors="replace")
-                self.lines.append((now, line))
-                if found is None and needle in line:
-                    found = (now, line)
-            if found is not None:
-                return found
-        tail = "\n".join(line for _, line in self.lines[-25:])
-        raise BenchmarkError(f"never saw {needle!r} (output tail):\n{tail}")
-
-    def first(self, needle: str) -> float | None:
-        return next((t for t, line in self.lines if needle in line), None)
 
 
 def _iface_up(name: str) -> bool:
@@ -386,24 +250,21 @@ def run_openconnect(lab: Lab, rnd: int) -> Sample:
     argv.append(lab.url)
     env = dict(os.environ, LOADGEN_TUN_PEER=lab.tunnel_peer)
     t0 = time.perf_counter()
-    proc = _spawn(
-        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    stdin, stdout = _pipes(proc)
-    reader = _LineReader(stdout)
+    child = _piped(OPENCONNECT, argv, env=env, stop_signal=signal.SIGINT)
+    stdin, reader = _pipes(child)
     try:
         stdin.write(lab.password.encode() + b"\n")
         stdin.close()
-        t_dtls, line = reader.wait_for(DTLS_LINE, t0 + lab.timeout_s)
-        os.kill(proc.pid, signal.SIGSTOP)
+        t_dtls, line = reader.wait_for(DTLS_LINE, _left(t0, lab.timeout_s))
+        os.kill(child.pid, signal.SIGSTOP)
         try:
-            cpu, rss = _cpu_ms(proc.pid), _vmhwm_mib(proc.pid)
+            cpu, rss = _cpu_ms(child.pid), _vmhwm_mib(child.pid)
         finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        _wait_settled(proc.pid, iface, _SETTLE_S)
+            os.kill(child.pid, signal.SIGCONT)
+        _wait_settled(child.pid, iface, _SETTLE_S)
     finally:
         reader.close()
-        _reap(proc, sig=signal.SIGINT)
+        child.stop()  # SIGINT: it sends BYE
     t_post = reader.first("POST https://")
     t_https = reader.first("Connected to HTTPS")
     t_cstp = reader.first("CSTP connected")
@@ -428,23 +289,22 @@ def run_openconnect(lab: Lab, rnd: int) -> Sample:
 
 
 def run_loadgen_fresh(lab: Lab, rnd: int) -> Sample:
-    argv = [sys.executable, "-c", _CHILD_CODE, lab.url, lab.cafile, USER]
+    argv = [sys.executable, "-m", "benchmarks._fresh_client", lab.url, lab.cafile, USER]
     t0 = time.perf_counter()
-    proc = _spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    stdin, stdout = _pipes(proc)
-    reader = _LineReader(stdout)
+    child = _piped(LOADGEN_FRESH, argv)
+    stdin, reader = _pipes(child)
     try:
         stdin.write(lab.password.encode() + b"\n")
         stdin.flush()
-        t_up, line = reader.wait_for(CHILD_MARK, t0 + lab.timeout_s)
-        cpu, rss = _cpu_ms(proc.pid), _vmhwm_mib(proc.pid)  # the child blocks on stdin
+        t_up, line = reader.wait_for(CHILD_MARK, _left(t0, lab.timeout_s))
+        cpu, rss = _cpu_ms(child.pid), _vmhwm_mib(child.pid)  # the child blocks on stdin
         with contextlib.suppress(BrokenPipeError):
             stdin.write(b"stop\n")
             stdin.close()
-        _wait_exited(proc.pid, _STOP_GRACE_S)
+        child.wait_exited(_STOP_GRACE_S)  # it logs out (BYE) by itself
     finally:
         reader.close()
-        _reap(proc, sig=signal.SIGTERM)
+        child.stop()
     report = json.loads(line.split(CHILD_MARK, 1)[1])
     if report["channel"] != "dtls":
         raise BenchmarkError(f"loadgen (fresh process) did not get DTLS: {report}")
@@ -466,14 +326,14 @@ def run_loadgen_cli(lab: Lab, rnd: int) -> Sample:
     argv += [lab.cafile, "--password-stdin", "--echo", "0", "--json", "--download", "off"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = _spawn(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        child = spawn(LOADGEN_CLI, argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
         try:
-            if proc.stdin is None:
+            if child.stdin is None:
                 raise BenchmarkError("child spawned without stdin")
-            proc.stdin.write(lab.password.encode() + b"\n")
-            proc.stdin.close()
+            child.stdin.write(lab.password.encode() + b"\n")
+            child.stdin.close()
             # pidfd: woken at the exit itself, no polling delay in the process time
-            pidfd = os.pidfd_open(proc.pid)
+            pidfd = os.pidfd_open(child.pid)
             try:
                 with selectors.DefaultSelector() as sel:
                     sel.register(pidfd, selectors.EVENT_READ)
@@ -481,10 +341,11 @@ def run_loadgen_cli(lab: Lab, rnd: int) -> Sample:
             finally:
                 os.close(pidfd)
             t_exit = time.perf_counter()
-            if not _exited(proc.pid):
+            if not child.has_exited():
                 raise BenchmarkError(f"loadgen connect did not exit within {lab.timeout_s} s")
         finally:
-            usage = _reap(proc, sig=signal.SIGKILL, grace_s=1.0)
+            child.stop(1.0, sig=signal.SIGKILL)  # reaped here: wait4 gives its rusage
+        usage = child.rusage
         out.seek(0)
         err.seek(0)
         text, err_text = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -680,11 +541,6 @@ def _orders(clients: tuple[str, ...], rounds: int) -> Iterator[tuple[int, tuple[
         yield r, clients[k:] + clients[:k]
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    del frame
-    raise SystemExit(128 + signum)  # unwinds through the clean-up below
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.connect_vs_openconnect",
@@ -734,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # First, while single-threaded: everything below lives in a private network namespace.
     enter_private_netns()
     args = _parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    lifecycle.exit_on_sigterm()  # unwinds through the clean-up below
     began = time.monotonic()
     samples: list[Sample] = []
     try:
@@ -767,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        _kill_all()
+        lifecycle.stop_all()
     elapsed = time.monotonic() - began
     cmd = shlex.join(["python", "-m", "benchmarks.connect_vs_openconnect", *(argv or sys.argv[1:])])
     print(f"{cmd}  ({datetime.now(UTC):%Y-%m-%d})")

@@ -24,7 +24,7 @@ Parts (each bounded in time; every child process is killed on the way out):
   gateway's RSS per session (VmRSS at the peak minus after a warm-up).
 
 Figures are medians over ``--repeat`` runs where a part is repeated.  Traffic stays on
-127.0.0.1.  ``connect_rate.py`` reuses the process helpers defined here.
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import json
 import math
 import os
 import pstats
-import signal
 import subprocess
 import sys
 import time
@@ -51,19 +50,20 @@ from typing import Any
 import trio
 
 from benchmarks._util import (
+    REPO_ROOT,
     BenchmarkError,
     Column,
     LineReader,
     ReferenceGateway,
     Tick,
-    children,
-    install_signal_handlers,
     machine_info,
     median,
     print_table,
     proc_rss_kib,
+    spawn,
     watch_run,
 )
+from loadgen import lifecycle
 
 __all__ = [
     "CpuResult",
@@ -109,7 +109,7 @@ def _traced_by_file(
     out = []
     for st in stats:
         name = st.traceback[0].filename
-        for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        for marker in ("site-packages/", f"{REPO_ROOT}/", "lib/python3.11/"):
             if marker in name:
                 name = name.split(marker, 1)[1]
         out.append((name, st.size_diff / sessions, st.count_diff / sessions))
@@ -222,22 +222,24 @@ def part_memory(sessions: int, rate: float, timeout_s: float, trace: bool) -> Me
     with ReferenceGateway(extra_args=["--accept-any"]) as gw:
         argv = [sys.executable, "-m", "benchmarks.engine_scale", CHILD_MEMORY, gw.url, gw.ca]
         argv += [str(sessions), str(rate), str(timeout_s), "trace" if trace else "-"]
-        proc = children.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdin is not None
-        reader = LineReader(proc.stdout)
+        child = spawn(
+            "memory child", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stop_grace_s=10.0
+        )
+        assert child.stdin is not None
+        reader = LineReader(child.stdout)
         try:
-            ready = json.loads(reader.wait_for("READY ", 60))
+            ready = reader.after("READY ", 60)
             gw_before = proc_rss_kib(gw.pid)
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            up = json.loads(reader.wait_for("UP ", timeout_s))
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+            up = reader.after("UP ", timeout_s)
             gw_after = proc_rss_kib(gw.pid)
-            proc.stdin.write(b"stop\n")
-            proc.stdin.flush()
+            child.stdin.write(b"stop\n")
+            child.stdin.flush()
             reader.wait_for("DONE ", 60)
         finally:
             reader.close()
-            children.stop(proc, signal.SIGTERM, grace_s=10.0)
+            child.stop()
     held = up["dtls"] + up["cstp"]
     if held == 0:
         raise BenchmarkError(f"no session came up: {up}")
@@ -771,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown parts: {sorted(unknown)}", file=sys.stderr)
         return 2
-    install_signal_handlers()
+    lifecycle.exit_on_sigterm()
     started = time.monotonic()
     print(f"{datetime.now(UTC):%Y-%m-%d}; {machine_info()}")
     out: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"json": None}}
@@ -801,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["gateway"] = vars(gwr)
             report_gateway(gwr)
     finally:
-        children.kill_all()
+        lifecycle.stop_all()
     print(f"\n{time.monotonic() - started:.0f} s wall")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")

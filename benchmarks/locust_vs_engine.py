@@ -9,8 +9,9 @@ metrics they serve (polled every 0.25 s):
 
 * ``engine``: ``loadgen run URL --sessions N --rate 100000 --duration D
   --echo-interval E``: every session due at once, one echo every E s each;
-* ``locust``: ``locust -f <a VpnUser with wait_time = between(2E/3, 4E/3) and
-  one self.vpn.echo(count=1) task> --headless -u N -r N -t Ds``: one worker
+* ``locust``: ``locust -f benchmarks/_locust_holder.py --headless -u N -r N -t Ds``
+  (a VpnUser with wait_time = between(2E/3, 4E/3) and one self.vpn.echo(count=1)
+  task, E passed in ``LOADGEN_BENCH_ECHO_EVERY_S``): one worker
   process (the local runner) and its engine sidecar, the same traffic as the
   engine's, so Locust's own greenlets and its ``events.request`` handling are
   part of the cost.  E is ``--echo-every`` (default 3 s).
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,20 +44,25 @@ from benchmarks._util import (
     BenchmarkError,
     Column,
     ReferenceGateway,
-    children,
     free_port,
-    install_signal_handlers,
     machine_info,
     median,
     print_table,
     proc_cpu_s,
     proc_rss_kib,
     scrape,
+    spawn,
 )
+from loadgen import lifecycle
+from loadgen.lifecycle import Child
 
 __all__ = ["PathResult", "main", "run_path"]
 
 POLL_S = 0.25
+#: the Locust path's locustfile, and how it learns E; not imported here: it imports
+#: Locust, whose gevent monkey-patching would change this process
+HOLDER = Path(__file__).with_name("_locust_holder.py")
+ECHO_EVERY_ENV = "LOADGEN_BENCH_ECHO_EVERY_S"
 #: sessions one process can hold (hard limit of 20,000 open files, two per DTLS session)
 FD_BOUND = 9_900
 
@@ -108,49 +114,40 @@ def _rss_kib(pids: Callable[[], list[int]]) -> int:
     return total
 
 
-LOCUSTFILE = """
-from locust import between, task
-from loadgen.locust import VpnUser
-
-class Holder(VpnUser):
-    wait_time = between({low}, {high})
-
-    @task
-    def echo(self) -> None:
-        self.vpn.echo(count=1)
-"""
-
-
 def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathResult:
     duration = 120
     with ReferenceGateway() as gw, tempfile.TemporaryDirectory(prefix="bench-lve-") as tmp:
         port = free_port()
         log = Path(tmp) / "log"
+        env = None
         if path == "engine":
             argv = [sys.executable, "-m", "loadgen", "run", gw.url, "--cafile", gw.ca]
             argv += ["--sessions", str(users), "--rate", "100000", "--duration", str(duration)]
             argv += ["--echo-interval", str(echo_every_s), "--metrics-port", str(port)]
             argv += ["--no-progress"]
         else:
-            locustfile = Path(tmp) / "holder.py"
-            # spread like scenarios/connect.py (2-4 s for 3 s): synchronised bursts would
-            # batch the work and flatter the Locust path
-            locustfile.write_text(
-                LOCUSTFILE.format(low=echo_every_s * 2 / 3, high=echo_every_s * 4 / 3)
-            )
-            argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless"]
+            env = dict(os.environ, **{ECHO_EVERY_ENV: str(echo_every_s)})
+            argv = [sys.executable, "-m", "locust", "-f", str(HOLDER), "--headless"]
             argv += ["-u", str(users), "-r", str(users), "-t", f"{duration}s", "--host", gw.url]
             argv += ["--vpn-cafile", gw.ca, "--vpn-metrics-port", str(port), "--only-summary"]
         with log.open("wb") as out:
-            proc = children.spawn(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            child = spawn(
+                path,
+                argv,
+                stdout=out,
+                stderr=out,
+                env=env,
+                stop_signal=signal.SIGINT,
+                stop_grace_s=30.0,
+            )
         try:
-            return _watch(path, proc, port=port, users=users, hold_s=hold_s, log=log)
+            return _watch(path, child, port=port, users=users, hold_s=hold_s, log=log)
         finally:
-            children.stop(proc, signal.SIGINT, grace_s=30.0)
+            child.stop()
 
 
 def _watch(
-    path: str, proc: subprocess.Popen[bytes], *, port: int, users: int, hold_s: float, log: Path
+    path: str, proc: Child, *, port: int, users: int, hold_s: float, log: Path
 ) -> PathResult:
     def pids() -> list[int]:
         return _descendants(proc.pid)
@@ -239,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--hold must span at least three echo periods (3 x --echo-every)")
     if not 1 <= args.users <= FD_BOUND:
         p.error(f"--users must be in 1..{FD_BOUND} (one process)")
-    install_signal_handlers()
+    lifecycle.exit_on_sigterm()
     print(machine_info())
     print(f"{args.users} users, one echo every {args.echo_every:g} s each, held {args.hold:g} s")
     results: list[PathResult] = []
@@ -258,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        children.kill_all()
+        lifecycle.stop_all()
     _report(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))

@@ -68,6 +68,7 @@ __all__ = [
     "Child",
     "ChildSpec",
     "ChildStartError",
+    "Stdio",
     "TrioChild",
     "exit_on_sigterm",
     "open_child",
@@ -342,8 +343,8 @@ class Child:
         self.proc = proc
         self._launch = launch
         self._reader: _StdoutReader | None = None
-        self._stopped = False
-        self._lock = threading.Lock()
+        self._released = False
+        self._lock = threading.RLock()  # a signal handler may stop it again
         self.banner: dict[str, str] = {}
         #: of the child, when this runner reaped it itself (not under gevent)
         self.rusage: resource.struct_rusage | None = None
@@ -376,6 +377,16 @@ class Child:
         """Exited (reaped or not); never reaps, so the pid stays ours."""
         return self.proc.returncode is not None or _exited(self.pid)
 
+    def wait_exited(self, timeout_s: float) -> bool:
+        """Wait (bounded) for the exit without reaping (the zombie's figures stay
+        readable in /proc and its group id ours); true if it has exited."""
+        deadline = time.monotonic() + timeout_s
+        while not self.has_exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_EXIT_POLL_S)
+        return True
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit and reap, as ``Popen.wait`` (raises ``TimeoutExpired``)."""
         return self.proc.wait(timeout=timeout)
@@ -406,32 +417,37 @@ class Child:
 
     def stop(self, grace_s: float | None = None, *, sig: int | None = None) -> int | None:
         """Signal (the spec's stop signal), wait up to ``grace_s``, SIGKILL, reap;
-        idempotent.  The exit status (negative: killed by that signal)."""
+        idempotent (an interrupted stop can be called again).  The exit status
+        (negative: killed by that signal)."""
         with self._lock:
-            if self._stopped:
+            if self._released:
                 return self.proc.returncode
-            self._stopped = True
-        try:
-            for pause in _stop_sequence(
-                self.pid,
-                sig=self.spec.stop_signal if sig is None else sig,
-                grace_s=self.spec.stop_grace_s if grace_s is None else grace_s,
-                group=self.spec.new_session,
-                reaped=self.proc.returncode is not None,
-            ):
-                time.sleep(pause)
-            self._reap()
-        finally:
-            if self._reader is not None:
-                self._reader.close()
-            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-            self._launch.cleanup()
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            try:
+                for pause in _stop_sequence(
+                    self.pid,
+                    sig=self.spec.stop_signal if sig is None else sig,
+                    grace_s=self.spec.stop_grace_s if grace_s is None else grace_s,
+                    group=self.spec.new_session,
+                    reaped=self.proc.returncode is not None,
+                ):
+                    time.sleep(pause)
+                self._reap()
+            finally:
+                if self.proc.returncode is not None:
+                    self._release()
         return self.proc.returncode
+
+    def _release(self) -> None:
+        self._released = True
+        if self._reader is not None:
+            self._reader.close()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._launch.cleanup()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def _reap(self) -> None:
         if self.proc.returncode is not None:
@@ -510,7 +526,6 @@ class TrioChild:
         self.spec = spec
         self._proc = proc
         self._launch = launch
-        self._stopped = False
         self.banner: dict[str, str] = {}
         self.returncode: int | None = None
 
@@ -529,9 +544,8 @@ class TrioChild:
         """As :meth:`Child.stop`, shielded from cancellation."""
         import trio
 
-        if self._stopped:
+        if self.returncode is not None:
             return self.returncode
-        self._stopped = True
         with trio.CancelScope(shield=True):
             for pause in _stop_sequence(
                 self.pid,

@@ -1,4 +1,5 @@
-"""Tests of the interop harness itself: netns guard, PKI, ocserv + the real openconnect."""
+"""Tests of the interop lab itself (loadgen.lab): netns guard, PKI, ocserv + the real
+openconnect."""
 
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from . import ocserv as ocserv_mod
-from .certs import make_server_pki
-from .netns import can_create_netns, enter_private_netns, in_private_netns
-from .ocserv import (
+from loadgen.lab import ocserv as ocserv_mod
+from loadgen.lab.netns import can_create_netns, enter_private_netns, in_private_netns
+from loadgen.lab.ocserv import (
     DEFAULT_PROFILE_XML,
     NotInPrivateNetnsError,
     OcservConfig,
@@ -32,6 +32,7 @@ from .ocserv import (
     OcservStartError,
     write_openconnect_script,
 )
+from loadgen.lab.pki import make_server_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -40,8 +41,8 @@ WAIT_S = 30.0
 _GUARD_PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from tests.helpers.netns import in_private_netns
-from tests.helpers.ocserv import NotInPrivateNetnsError, OcservServer
+from loadgen.lab.netns import in_private_netns
+from loadgen.lab.ocserv import NotInPrivateNetnsError, OcservServer
 print("private" if in_private_netns() else "host")
 if sys.argv[2] == "start":
     try:
