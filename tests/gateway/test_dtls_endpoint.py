@@ -30,11 +30,8 @@ from loadgen.proto.dtls import (
     DTLS0_9,
     DTLS12_CIPHERS_HEADER,
     DTLS_CIPHERS_HEADER,
-    KNOWN_DTLS12_CIPHERS,
-    KNOWN_DTLS_CIPHERS,
     AlertDescription,
     ApplicationDataReceived,
-    ClientHello,
     ConnectionTerminated,
     DtlsAlertError,
     DtlsConnection,
@@ -43,32 +40,17 @@ from loadgen.proto.dtls import (
     Role,
     lookup_cipher,
 )
-from loadgen.proto.dtls.handshake import HandshakeType, encode_handshake
 from loadgen.proto.dtls.records import encode_record
+from tests.proto.dtls.dtls_testlib import make_session
+from tests.proto.dtls.server_lab import (
+    ALL_SUITES,
+    client_hello_bytes,
+    new_peer_drops,
+    stray_datagrams,
+)
 
 LOCALHOST = "127.0.0.1"
-ALL_SUITES = [(DTLS_CIPHERS_HEADER, n) for n in KNOWN_DTLS_CIPHERS] + [
-    (DTLS12_CIPHERS_HEADER, n) for n in KNOWN_DTLS12_CIPHERS
-]
-#: drop reasons that only datagrams from an unknown address can get
-NEW_PEER_REASONS = (
-    DropReason.GARBAGE,
-    DropReason.NOT_CLIENT_HELLO,
-    DropReason.ZERO_RANDOM,
-    DropReason.UNKNOWN_SESSION,
-    DropReason.TOO_SOON,
-    DropReason.OVERSIZE,
-)
 DATA = cstp.PacketType.DATA
-
-
-def make_session(header: str, name: str, seed: int) -> DtlsSession:
-    rng = random.Random(seed)
-    return DtlsSession(
-        session_id=rng.randbytes(32),
-        master_secret=rng.randbytes(48),
-        cipher=lookup_cipher(header, name),
-    )
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -119,7 +101,7 @@ class Gateway:
         return target
 
     def new_peer_drops(self) -> int:
-        return sum(self.stats.dropped[r] for r in NEW_PEER_REASONS)
+        return new_peer_drops(self.stats)
 
 
 @asynccontextmanager
@@ -246,17 +228,6 @@ class RawClient:
         await self.flush()
 
 
-def client_hello_bytes(session: DtlsSession, *, random_: bytes, epoch: int = 0) -> bytes:
-    hello = ClientHello(
-        client_version=session.cipher.version,
-        random=random_,
-        session_id=session.session_id,
-        cipher_suites=(session.cipher.code,),
-    )
-    message = encode_handshake(HandshakeType.CLIENT_HELLO, 0, hello.encode())
-    return encode_record(22, session.cipher.version, epoch, 0, message)
-
-
 # -- handshake and data --------------------------------------------------------------
 
 
@@ -368,26 +339,9 @@ async def test_garbage_from_new_peers_is_counted_and_others_are_unaffected() -> 
             await client.channel.first_outcome.wait()
             assert client.channel.up
             before = gw.stats.datagrams_in
+            catalog = stray_datagrams(session)
+            (good,) = catalog[DropReason.UNKNOWN_SESSION]
             stranger = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=8)
-            good = client_hello_bytes(stranger, random_=b"\x01" * 32)
-            catalog: dict[DropReason, list[bytes]] = {
-                DropReason.GARBAGE: [
-                    b"",
-                    b"\x16\xfe\xfd\x00",
-                    b"\x16\x03\x03" + good[3:],  # a TLS record version
-                    client_hello_bytes(session, random_=b"\x02" * 32)[:40],  # truncated
-                    good[:13] + b"\x01\x00\x00",  # record length beyond the datagram
-                ],
-                DropReason.NOT_CLIENT_HELLO: [
-                    b"\x17\xfe\xfd" + bytes(40),  # application data from nobody
-                    b"\x15\xfe\xfd" + bytes(12) + b"\x02\x28",  # an alert
-                    client_hello_bytes(stranger, random_=b"\x01" * 32, epoch=1),
-                    good[:13] + b"\x02" + good[14:],  # a ServerHello type
-                ],
-                DropReason.ZERO_RANDOM: [client_hello_bytes(session, random_=bytes(32))],
-                DropReason.OVERSIZE: [random.Random(1).randbytes(60_000)],
-                DropReason.UNKNOWN_SESSION: [good],
-            }
             junk = await RawClient(stranger, seed=8).open(gw.port)
             for datagrams in catalog.values():
                 for datagram in datagrams:
@@ -722,6 +676,18 @@ class _Moody(FakeTarget):
             self.sent.append(assoc.send_frame_nowait(DATA, b"echo:" + payload))
 
 
+async def _moody(
+    gw: Gateway, mood: str, suite: tuple[str, str], *, seed: int
+) -> tuple[_Moody, RawClient]:
+    """A _Moody session, and a raw client that completed its handshake."""
+    session = make_session(*suite, seed=seed)
+    target = _Moody(session, mood=mood)
+    gw.targets[session.session_id] = target
+    raw = await RawClient(session, seed=seed).open(gw.port)
+    await raw.handshake()
+    return target, raw
+
+
 async def _joined(raw: RawClient, payloads: list[bytes]) -> None:
     """Several DATA records in one datagram."""
     for payload in payloads:
@@ -732,11 +698,7 @@ async def _joined(raw: RawClient, payloads: list[bytes]) -> None:
 async def test_a_raising_callback_is_counted_and_the_association_goes_on() -> None:
     with trio.fail_after(10):
         async with gateway() as gw:
-            session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=40)
-            target = _Moody(session, mood="raise")
-            gw.targets[session.session_id] = target
-            raw = await RawClient(session, seed=40).open(gw.port)
-            await raw.handshake()
+            target, raw = await _moody(gw, "raise", (DTLS_CIPHERS_HEADER, "AES128-SHA"), seed=40)
             await _joined(raw, [b"one", b"two"])
             await wait_until(lambda: len(target.frames) == 2)
             assert gw.stats.target_errors == 2 and gw.stats.internal_errors == 0
@@ -746,11 +708,9 @@ async def test_a_raising_callback_is_counted_and_the_association_goes_on() -> No
 async def test_a_session_closing_its_association_in_a_callback_hears_nothing_more() -> None:
     with trio.fail_after(10):
         async with gateway() as gw:
-            session = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=41)
-            target = _Moody(session, mood="close")
-            gw.targets[session.session_id] = target
-            raw = await RawClient(session, seed=41).open(gw.port)
-            await raw.handshake()
+            target, raw = await _moody(
+                gw, "close", (DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256"), seed=41
+            )
             await _joined(raw, [b"one", b"two"])
             assert await raw.pump(lambda: raw.terminated is not None, 2.0)  # close_notify
             assert target.data() == [b"one"]  # not the record after the close
@@ -762,11 +722,9 @@ async def test_a_full_send_queue_drops_and_counts() -> None:
     with trio.fail_after(10):
         # room for the server's three-datagram flight, not for five echoes at once
         async with gateway(send_queue_datagrams=3) as gw:
-            session = make_session(DTLS_CIPHERS_HEADER, "OC-DTLS1_2-AES128-GCM", seed=42)
-            target = _Moody(session, mood="echo")
-            gw.targets[session.session_id] = target
-            raw = await RawClient(session, seed=42).open(gw.port)
-            await raw.handshake()
+            target, raw = await _moody(
+                gw, "echo", (DTLS_CIPHERS_HEADER, "OC-DTLS1_2-AES128-GCM"), seed=42
+            )
             await _joined(raw, [b"a", b"b", b"c", b"d", b"e"])  # before the sender runs
             await wait_until(lambda: len(target.sent) == 5)
             # three in the buffer, and one more if the sender task is waiting for it

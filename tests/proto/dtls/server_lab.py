@@ -9,11 +9,17 @@ from dataclasses import dataclass, field
 
 from loadgen.proto import cstp
 from loadgen.proto.dtls import (
+    DTLS12_CIPHERS_HEADER,
+    DTLS_CIPHERS_HEADER,
+    KNOWN_DTLS12_CIPHERS,
+    KNOWN_DTLS_CIPHERS,
     SERVER_RETRANSMIT_SCHEDULE_S,
     ApplicationDataReceived,
     AssociationDown,
+    AssociationUp,
     ClientHello,
     ConnectionTerminated,
+    DropReason,
     DtlsConnection,
     DtlsEvent,
     DtlsServer,
@@ -21,13 +27,43 @@ from loadgen.proto.dtls import (
     EndpointStats,
     HandshakeCompleted,
     Role,
+    ServerAssociation,
     ServerEvent,
+    lookup_cipher,
 )
 from loadgen.proto.dtls.association import Address
 from loadgen.proto.dtls.handshake import HandshakeType, encode_handshake
 from loadgen.proto.dtls.records import encode_record
 
-__all__ = ["Client", "Lab", "Target", "client_hello_bytes", "down_reasons"]
+__all__ = [
+    "ALL_SUITES",
+    "NEW_PEER_REASONS",
+    "Client",
+    "Lab",
+    "Target",
+    "client_hello_bytes",
+    "down_reasons",
+    "new_peer_drops",
+    "stray_datagrams",
+]
+
+#: (header, name) of every cipher we speak
+ALL_SUITES = [(DTLS_CIPHERS_HEADER, n) for n in KNOWN_DTLS_CIPHERS] + [
+    (DTLS12_CIPHERS_HEADER, n) for n in KNOWN_DTLS12_CIPHERS
+]
+#: drop reasons that only datagrams from an unknown address can get
+NEW_PEER_REASONS = (
+    DropReason.GARBAGE,
+    DropReason.NOT_CLIENT_HELLO,
+    DropReason.ZERO_RANDOM,
+    DropReason.UNKNOWN_SESSION,
+    DropReason.TOO_SOON,
+    DropReason.OVERSIZE,
+)
+
+
+def new_peer_drops(stats: EndpointStats) -> int:
+    return sum(stats.dropped[r] for r in NEW_PEER_REASONS)
 
 
 class Target:
@@ -152,6 +188,26 @@ class Lab:
         self.converse(client)
         assert client.completed, client.events
 
+    def start(self, session: DtlsSession, address: Address, *, seed: int = 1) -> Client:
+        """A known session's client that sent its ClientHello."""
+        self.add(session)
+        client = self.client(session, address, seed=seed)
+        client.conn.connect(self.now)
+        self.flush(client)
+        return client
+
+    def up(
+        self, session: DtlsSession, address: Address, *, seed: int = 1
+    ) -> tuple[Client, ServerAssociation[Target]]:
+        """A known session's client after its handshake, and its association (the
+        events so far are taken: the last one is its AssociationUp)."""
+        self.add(session)
+        client = self.client(session, address, seed=seed)
+        self.handshake(client)
+        up = self.take()[-1]
+        assert isinstance(up, AssociationUp) and up.association.peer == address
+        return client, up.association
+
     def send_frame(self, client: Client, ptype: int, payload: bytes) -> None:
         client.conn.send_application_data(cstp.encode_dtls_payload(ptype, payload))
         self.flush(client)
@@ -192,3 +248,32 @@ def client_hello_bytes(session: DtlsSession, *, random_: bytes, epoch: int = 0) 
     )
     message = encode_handshake(HandshakeType.CLIENT_HELLO, 0, hello.encode())
     return encode_record(22, session.cipher.version, epoch, 0, message)
+
+
+def stray_datagrams(known: DtlsSession) -> dict[DropReason, list[bytes]]:
+    """Datagrams from an unknown address, by the reason they are dropped for
+    (``known`` is a session the server knows; the UNKNOWN_SESSION hello names another)."""
+    stranger = DtlsSession(
+        session_id=bytes(reversed(known.session_id)),
+        master_secret=known.master_secret,
+        cipher=lookup_cipher(DTLS_CIPHERS_HEADER, "AES256-SHA"),
+    )
+    good = client_hello_bytes(stranger, random_=b"\x01" * 32)
+    return {
+        DropReason.GARBAGE: [
+            b"",
+            b"\x16\xfe\xfd\x00",
+            b"\x16\x03\x03" + good[3:],  # a TLS record version
+            client_hello_bytes(known, random_=b"\x02" * 32)[:40],  # truncated
+            good[:13] + b"\x01\x00\x00",  # record length beyond the datagram
+        ],
+        DropReason.NOT_CLIENT_HELLO: [
+            b"\x17\xfe\xfd" + bytes(40),  # application data from nobody
+            b"\x15\xfe\xfd" + bytes(12) + b"\x02\x28",  # an alert
+            client_hello_bytes(stranger, random_=b"\x01" * 32, epoch=1),
+            good[:13] + b"\x02" + good[14:],  # a ServerHello type
+        ],
+        DropReason.ZERO_RANDOM: [client_hello_bytes(known, random_=bytes(32))],
+        DropReason.OVERSIZE: [random.Random(1).randbytes(60_000)],
+        DropReason.UNKNOWN_SESSION: [good],
+    }

@@ -12,8 +12,6 @@ from loadgen.proto.dtls import (
     DTLS0_9,
     DTLS12_CIPHERS_HEADER,
     DTLS_CIPHERS_HEADER,
-    KNOWN_DTLS12_CIPHERS,
-    KNOWN_DTLS_CIPHERS,
     AlertDescription,
     AssociationDown,
     AssociationUp,
@@ -31,28 +29,20 @@ from loadgen.proto.dtls.records import encode_record
 from loadgen.proto.dtls.server import MAX_DATAGRAM_BYTES
 from loadgen.proto.errors import LocalProtocolError
 from tests.proto.dtls.dtls_testlib import make_session
-from tests.proto.dtls.server_lab import Lab, Target, client_hello_bytes, down_reasons
-
-ALL_SUITES = [(DTLS_CIPHERS_HEADER, n) for n in KNOWN_DTLS_CIPHERS] + [
-    (DTLS12_CIPHERS_HEADER, n) for n in KNOWN_DTLS12_CIPHERS
-]
-#: drop reasons that only datagrams from an unknown address can get
-NEW_PEER_REASONS = (
-    DropReason.GARBAGE,
-    DropReason.NOT_CLIENT_HELLO,
-    DropReason.ZERO_RANDOM,
-    DropReason.UNKNOWN_SESSION,
-    DropReason.TOO_SOON,
-    DropReason.OVERSIZE,
+from tests.proto.dtls.server_lab import (
+    ALL_SUITES,
+    Lab,
+    Target,
+    client_hello_bytes,
+    down_reasons,
+    new_peer_drops,
+    stray_datagrams,
 )
+
 DATA = cstp.PacketType.DATA
 A = ("127.0.0.1", 40000)
 B = ("127.0.0.1", 40001)
 C = ("::1", 40000, 0, 0)
-
-
-def new_peer_drops(lab: Lab) -> int:
-    return sum(lab.stats.dropped[r] for r in NEW_PEER_REASONS)
 
 
 # -- handshake and data ----------------------------------------------------------------
@@ -93,7 +83,7 @@ def test_handshake_frames_both_ways_and_close_notify(header: str, name: str) -> 
     assert not lab.server.send_frame(assoc, DATA, b"too late", lab.now)
     stats = lab.stats
     assert (stats.handshakes_ok, stats.associations_total, stats.associations_active) == (1, 1, 0)
-    assert stats.down[DownReason.CLOSED] == 1 and new_peer_drops(lab) == 0
+    assert stats.down[DownReason.CLOSED] == 1 and new_peer_drops(lab.stats) == 0
     assert stats.datagrams_in == len(client.sent) and stats.internal_errors == 0
     assert lab.server.association_count == 0
     # its heap entry is stale: it fires once, finds nothing to do, and is gone
@@ -131,10 +121,7 @@ def test_fifty_sessions_are_demultiplexed_by_address() -> None:
 def test_a_handshake_retransmitted_from_the_same_address_reaches_its_association() -> None:
     lab = Lab()
     session = make_session(DTLS12_CIPHERS_HEADER, "AES128-SHA", seed=12)
-    lab.add(session)
-    client = lab.client(session, A, seed=12)
-    client.conn.connect(0.0)
-    lab.flush(client)
+    client = lab.start(session, A, seed=12)
     assert len(lab.inbox(A)) == 3  # the server's flight is "lost"
     timer = client.conn.get_timer()
     assert timer is not None
@@ -151,41 +138,18 @@ def test_a_handshake_retransmitted_from_the_same_address_reaches_its_association
 # -- screening datagrams from unknown addresses ------------------------------------------
 
 
-def _catalog() -> dict[DropReason, list[bytes]]:
-    known = make_session(DTLS12_CIPHERS_HEADER, "AES256-GCM-SHA384", seed=7)
-    stranger = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=8)
-    good = client_hello_bytes(stranger, random_=b"\x01" * 32)
-    return {
-        DropReason.GARBAGE: [
-            b"\x16\xfe\xfd\x00",
-            b"\x16\x03\x03" + good[3:],  # a TLS record version
-            client_hello_bytes(known, random_=b"\x02" * 32)[:40],  # truncated
-            good[:13] + b"\x01\x00\x00",  # record length beyond the datagram
-        ],
-        DropReason.NOT_CLIENT_HELLO: [
-            b"\x17\xfe\xfd" + bytes(40),  # application data from nobody
-            b"\x15\xfe\xfd" + bytes(12) + b"\x02\x28",  # an alert
-            client_hello_bytes(stranger, random_=b"\x01" * 32, epoch=1),
-            good[:13] + b"\x02" + good[14:],  # a ServerHello type
-        ],
-        DropReason.ZERO_RANDOM: [client_hello_bytes(known, random_=bytes(32))],
-        DropReason.UNKNOWN_SESSION: [good],
-    }
-
-
 def test_each_kind_of_stray_datagram_is_dropped_with_its_reason_and_leaves_no_state() -> None:
     lab = Lab()
     known = make_session(DTLS12_CIPHERS_HEADER, "AES256-GCM-SHA384", seed=7)
     lab.add(known)
-    catalog = _catalog()
-    catalog[DropReason.GARBAGE].append(b"")
-    catalog[DropReason.OVERSIZE] = [random.Random(1).randbytes(MAX_DATAGRAM_BYTES + 1)]
+    catalog = stray_datagrams(known)
+    assert all(len(d) > MAX_DATAGRAM_BYTES for d in catalog[DropReason.OVERSIZE])
     for datagrams in catalog.values():
         for datagram in datagrams:
             lab.send(A, datagram)
     for reason, datagrams in catalog.items():
         assert lab.stats.dropped[reason] == len(datagrams), reason
-    assert new_peer_drops(lab) == lab.stats.datagrams_in == sum(map(len, catalog.values()))
+    assert new_peer_drops(lab.stats) == lab.stats.datagrams_in == sum(map(len, catalog.values()))
     server = lab.server
     assert server.association_count == 0 and server.timer_entries == 0
     assert server.handover_entries == 0 and server.get_timer() is None
@@ -193,9 +157,10 @@ def test_each_kind_of_stray_datagram_is_dropped_with_its_reason_and_leaves_no_st
 
 
 def test_screening_says_why_or_gives_the_hello() -> None:
-    for reason, datagrams in _catalog().items():
-        if reason is DropReason.UNKNOWN_SESSION:
-            continue  # a well-formed hello: only the lookup can refuse it
+    known = make_session(DTLS12_CIPHERS_HEADER, "AES256-GCM-SHA384", seed=7)
+    for reason, datagrams in stray_datagrams(known).items():
+        if reason in (DropReason.UNKNOWN_SESSION, DropReason.OVERSIZE):
+            continue  # a well-formed hello (only the lookup refuses it), and a size check
         for datagram in datagrams:
             assert screen_client_hello_untrusted(datagram) is reason
     session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=3)
@@ -218,9 +183,7 @@ def test_an_unknown_session_from_a_thousand_addresses_costs_nothing() -> None:
 def test_garbage_from_a_known_address_is_dropped_by_its_association() -> None:
     lab = Lab()
     session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=11)
-    lab.add(session)
-    client = lab.client(session, A, seed=11)
-    lab.handshake(client)
+    client, _ = lab.up(session, A, seed=11)
     lab.send_frame(client, DATA, b"one")
     record = client.sent[-1]
     forged = bytearray(record)
@@ -230,7 +193,7 @@ def test_garbage_from_a_known_address_is_dropped_by_its_association() -> None:
         lab.send(A, datagram)
     lab.send(A, b"")  # empty: garbage from anyone, not the association's business
     assert lab.stats.dropped[DropReason.BAD_RECORD] >= 4
-    assert new_peer_drops(lab) == lab.stats.dropped[DropReason.GARBAGE] == 1
+    assert new_peer_drops(lab.stats) == lab.stats.dropped[DropReason.GARBAGE] == 1
     (assoc,) = [e.association for e in lab.take() if isinstance(e, FrameReceived)]
     counters = assoc.dtls_counters
     assert counters.records_dropped_replay == 1 and counters.records_dropped_bad == 1
@@ -242,10 +205,7 @@ def test_garbage_from_a_known_address_is_dropped_by_its_association() -> None:
 def test_a_record_without_a_type_byte_is_a_bad_frame() -> None:
     lab = Lab()
     session = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=4)
-    lab.add(session)
-    client = lab.client(session, A)
-    lab.handshake(client)
-    lab.take()
+    client, _ = lab.up(session, A)
     client.conn.send_application_data(b"")
     lab.flush(client)
     assert lab.stats.dropped[DropReason.BAD_FRAME] == 1 and lab.take() == []
@@ -257,11 +217,7 @@ def test_a_record_without_a_type_byte_is_a_bad_frame() -> None:
 def test_a_new_address_within_the_guard_is_ignored_then_replaces_the_association() -> None:
     lab = Lab(handover_guard_s=3.0)
     session = make_session(DTLS_CIPHERS_HEADER, "OC-DTLS1_2-AES256-GCM", seed=13)
-    lab.add(session)
-    first = lab.client(session, A, seed=13)
-    lab.handshake(first)
-    (up,) = lab.take()
-    old = up.association
+    first, old = lab.up(session, A, seed=13)
     # 1 s later the same session from a second address: ocserv's "too soon"
     lab.now = 1.0
     second = lab.client(session, B, seed=14)
@@ -316,10 +272,7 @@ def test_the_guard_is_per_session_and_forgotten_after_it_ran_out() -> None:
 def test_a_dpd_request_is_answered_and_passed_on() -> None:
     lab = Lab()
     session = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=17)
-    lab.add(session)
-    client = lab.client(session, A, seed=17)
-    lab.handshake(client)
-    lab.take()
+    client, _ = lab.up(session, A, seed=17)
     probe = (1400).to_bytes(4, "little") + bytes(1396)  # an MTU probe (§7.8)
     lab.send_frame(client, cstp.PacketType.DPD_REQ, b"hello-dpd")
     lab.send_frame(client, cstp.PacketType.DPD_REQ, probe)
@@ -339,9 +292,7 @@ def test_server_dpd_declares_the_association_down_after_three_intervals_of_silen
     dpd_s = 10.0
     lab = Lab(dpd_s=dpd_s)
     session = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=19)
-    lab.add(session)
-    client = lab.client(session, A, seed=19)
-    lab.handshake(client)
+    client, _ = lab.up(session, A, seed=19)
     lab.advance(1.0)
     lab.send_frame(client, cstp.PacketType.KEEPALIVE, b"")  # the last sign of life
     lab.take()
@@ -369,10 +320,7 @@ def test_answered_dpd_keeps_the_association_up() -> None:
     dpd_s = 10.0
     lab = Lab(dpd_s=dpd_s)
     session = make_session(DTLS_CIPHERS_HEADER, "OC-DTLS1_2-AES128-GCM", seed=20)
-    lab.add(session)
-    client = lab.client(session, A, seed=20)
-    lab.handshake(client)
-    lab.take()
+    client, _ = lab.up(session, A, seed=20)
     for step in range(1, 9):
         lab.advance(step * dpd_s)
         lab.deliver(client)
@@ -390,10 +338,7 @@ def test_records_do_not_grow_the_timer_heap() -> None:
     """The per-record path pushes nothing: DPD moving later keeps the one heap entry."""
     lab = Lab(dpd_s=1.0)
     session = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=30)
-    lab.add(session)
-    client = lab.client(session, A, seed=32)
-    lab.handshake(client)
-    lab.take()
+    client, _ = lab.up(session, A, seed=32)
     for i in range(1000):
         lab.now = 1.0 + i / 100
         lab.send_frame(client, DATA, b"x")
@@ -439,10 +384,7 @@ def test_stale_heap_entries_are_dropped_when_they_outnumber_the_live_ones() -> N
 def test_the_handshake_times_out_on_the_schedule() -> None:
     lab = Lab(retransmit_schedule_s=(0.0, 0.1, 0.3))
     session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=21)
-    lab.add(session)
-    client = lab.client(session, A, seed=21)
-    client.conn.connect(0.0)
-    lab.flush(client)
+    lab.start(session, A, seed=21)
     lab.advance(1.0)
     assert len(lab.inbox(A)) == 6  # the three-datagram flight, sent at 0 and 0.1 s
     (down,) = lab.take()
@@ -476,10 +418,7 @@ def test_a_wrong_suite_is_refused_with_our_alert() -> None:
 def test_a_fatal_alert_from_the_client_ends_the_handshake() -> None:
     lab = Lab()
     session = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=26)
-    lab.add(session)
-    client = lab.client(session, A, seed=26)
-    client.conn.connect(0.0)
-    lab.flush(client)
+    lab.start(session, A, seed=26)
     lab.send(A, encode_record(21, DTLS0_9, 0, 5, b"\x02\x28"))  # handshake_failure, epoch 0
     assert down_reasons(lab.take()) == ["alert"]
     assert lab.stats.down[DownReason.ALERT] == lab.stats.handshakes_failed == 1
@@ -488,10 +427,7 @@ def test_a_fatal_alert_from_the_client_ends_the_handshake() -> None:
 def test_close_association_discards_its_pending_events_and_sends_close_notify() -> None:
     lab = Lab()
     session = make_session(DTLS_CIPHERS_HEADER, "AES128-SHA", seed=23)
-    lab.add(session)
-    client = lab.client(session, A, seed=23)
-    lab.handshake(client)
-    lab.take()
+    client, _ = lab.up(session, A, seed=23)
     for payload in (b"a", b"b"):
         client.conn.send_application_data(cstp.encode_dtls_payload(DATA, payload))
     joined = b"".join(client.conn.datagrams_to_send(lab.now))  # two records, one datagram
@@ -536,10 +472,8 @@ def test_shutdown_ends_every_association_with_close_notify() -> None:
 def test_an_ipv6_peer_address_is_a_key_like_any_other() -> None:
     lab = Lab()
     session = make_session(DTLS12_CIPHERS_HEADER, "AES256-GCM-SHA384", seed=70)
-    lab.add(session)
-    client = lab.client(session, C)
-    lab.handshake(client)
-    assert [e.association.peer for e in lab.take()] == [C]
+    _, assoc = lab.up(session, C)
+    assert assoc.peer == C and lab.server.association_for(session.session_id) is assoc
 
 
 # -- our bugs ------------------------------------------------------------------------------

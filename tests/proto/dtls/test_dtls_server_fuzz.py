@@ -23,17 +23,9 @@ from loadgen.proto.dtls import (
 from loadgen.proto.dtls.association import Address
 from loadgen.proto.dtls.records import encode_record
 from tests.proto.dtls.dtls_testlib import make_session
-from tests.proto.dtls.server_lab import Lab, Target, client_hello_bytes
+from tests.proto.dtls.server_lab import NEW_PEER_REASONS, Lab, Target, client_hello_bytes
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NEW_PEER_REASONS = (
-    DropReason.GARBAGE,
-    DropReason.NOT_CLIENT_HELLO,
-    DropReason.ZERO_RANDOM,
-    DropReason.UNKNOWN_SESSION,
-    DropReason.TOO_SOON,
-    DropReason.OVERSIZE,
-)
 KNOWN = make_session(DTLS12_CIPHERS_HEADER, "AES128-GCM-SHA256", seed=30)
 STRANGER = make_session(DTLS_CIPHERS_HEADER, "AES256-SHA", seed=31)
 PEERS: list[Address] = [("127.0.0.1", 40000), ("127.0.0.1", 40001), ("127.0.0.2", 40000)]
@@ -66,9 +58,7 @@ _RECORDS = st.builds(
 def _established() -> tuple[Lab, bytes]:
     """A lab with KNOWN up at PEERS[0], and a DPD-REQ record its client would send next."""
     lab = Lab(dpd_s=1.0)
-    lab.add(KNOWN)
-    client = lab.client(KNOWN, PEERS[0], seed=32)
-    lab.handshake(client)
+    client, _ = lab.up(KNOWN, PEERS[0], seed=32)
     client.conn.send_application_data(cstp.encode_dtls_payload(cstp.PacketType.DPD_REQ, b"p"))
     (record,) = client.conn.datagrams_to_send(lab.now)
     return lab, record
