@@ -119,7 +119,7 @@ def encode_header(name: str, value: str) -> tuple[bytes, bytes]:
         raise LocalProtocolError(f"{name}: value cannot be encoded") from exc
 
 
-# -- parsers -----------------------------------------------------------------------
+# -- parsers and formatters -----------------------------------------------------
 
 
 def _uint_in(lo: int, hi: int) -> Callable[[str, str], int]:
@@ -250,17 +250,16 @@ def _join(names: tuple[str, ...] | None) -> str:
     return ":".join(names or ())
 
 
+def _bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
 # -- the kinds ------------------------------------------------------------------------
 
 UINT: Final = HeaderKind[int]("uint", _uint, str)
 SECONDS: Final = HeaderKind[int | None]("seconds", _seconds, str)
 #: MTUs and ports: 1..65535
 UINT16: Final = HeaderKind[int]("uint16", _uint_in(1, 65535), str)
-
-
-def _bool_text(value: bool) -> str:
-    return "true" if value else "false"
-
 
 BOOL: Final = HeaderKind[bool]("bool", _bool, _bool_text)
 #: a capability flag (tables send it only when true)

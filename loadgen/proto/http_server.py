@@ -18,7 +18,7 @@ from typing import Final
 import h11
 
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
-from loadgen.proto.http import request_cookies
+from loadgen.proto.http import Headers, request_cookies
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -34,8 +34,6 @@ __all__ = [
 MAX_HEADER_BYTES: Final = 16 * 1024
 #: Auth documents are a few hundred bytes.
 MAX_BODY_BYTES: Final = 64 * 1024
-
-Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from loadgen.proto.tunnel import (
     DTLS12_CIPHER_HEADER,
     DTLS_CIPHER_HEADER,
     ConnectRequest,
+    TunnelParams,
     parse_connect_response_untrusted,
 )
 from tests.proto.test_tunnel import (
@@ -116,14 +117,18 @@ SETTINGS = TunnelSettings(
 )
 
 
-def test_ocserv_connect_headers_without_dtls() -> None:
-    params = OCSERV.tunnel_params(
+def ocserv_params(dtls: DtlsGrant | None) -> TunnelParams:
+    return OCSERV.tunnel_params(
         minimal_request(hostname="h1"),
         address=ipaddress.IPv4Address("10.200.0.2"),
         netmask=ipaddress.IPv4Address("255.255.0.0"),
         settings=SETTINGS,
-        dtls=None,
+        dtls=dtls,
     )
+
+
+def test_ocserv_connect_headers_without_dtls() -> None:
+    params = ocserv_params(None)
     assert [f"{k.decode()}: {v.decode()}" for k, v in params.to_headers()] == [
         "X-CSTP-Version: 1",
         "X-CSTP-Server-Name: loadgen gateway",
@@ -144,13 +149,7 @@ def test_ocserv_connect_headers_with_dtls() -> None:
         cipher="AES256-GCM-SHA384",
         header=DTLS12_CIPHER_HEADER,
     )
-    params = OCSERV.tunnel_params(
-        minimal_request(hostname="h1"),
-        address=ipaddress.IPv4Address("10.200.0.2"),
-        netmask=ipaddress.IPv4Address("255.255.0.0"),
-        settings=SETTINGS,
-        dtls=grant,
-    )
+    params = ocserv_params(grant)
     lines = [f"{k.decode()}: {v.decode()}" for k, v in params.to_headers()]
     assert lines[6:13] == [
         "X-CSTP-Keepalive: 32400",

@@ -10,23 +10,27 @@ picks one by name (``personality_for``) and knows nothing of its details.
 
 Where the parts of the Cisco flow (the seed, issue 15) go:
 
-=========================================  ===========================================
-behaviour                                  hook
-=========================================  ===========================================
-paths: auth, CONNECT, downloads            ``route``, ``auth_paths``, ``connect_target``
-status lines, ``X-Reason``, redirects      ``answer`` (one table of ``Answer`` kinds)
-version exchange, group selection          ``AuthDialect.start`` (sees the ``init``)
-``group_list``, ``<opaque>`` echoed back   ``AuthDialect.start``/``reply`` build and read
-                                           them with the ``auth_xml`` builders
-where an auth context is found             ``AuthDialect.context_key`` (cookie or opaque)
-username/password stages, double auth,     ``AuthDialect.reply``: its own stages, the
-``<client-cert-request/>``, challenges     shared checks in ``AuthServices``
-failure answers (401, or 200 + <error>)    ``AuthDialect.reply`` and ``closing``
-success document, session cookies          ``AuthDialect.reply`` (``AuthSuccess``)
-logout                                     ``AuthDialect.logout``
-DTLS suite choice and preference tables    ``choose_dtls_cipher``, ``*_priorities``
-CONNECT response headers                   ``tunnel_params``, ``answer(CONNECTED)``
-=========================================  ===========================================
+==========================================  ==========================================
+behaviour                                   hook
+==========================================  ==========================================
+paths: auth, CONNECT, downloads             ``route``, ``auth_paths``, ``connect_target``
+status lines, ``X-Reason``                  ``answer`` (one table of ``Answer`` kinds)
+load-balancing redirect (302 to a member)   a new ``Answer`` kind; the gateway adds the
+                                            member's ``Location``
+version exchange, group selection           ``AuthDialect.start`` (sees the ``init``)
+``group_list``, ``<opaque>`` echoed back    ``AuthDialect.start``/``reply`` build and read
+                                            them with the ``auth_xml`` builders
+where an auth context is found              ``AuthDialect.context_key`` (cookie; ASA: the
+                                            opaque's ``aggauth-handle``)
+username/password stages, double auth,      ``AuthDialect.reply``: its own stages, the
+challenges, ``<client-cert-request/>``      shared checks in ``AuthServices`` (the TLS
+                                            peer certificate joins ``handle`` then)
+failures: 401, or 200 with ``<error>``      ``AuthDialect.reply`` and ``closing``
+success document, session cookies           ``AuthDialect.reply`` (``AuthSuccess``)
+logout                                      ``AuthDialect.logout``
+DTLS suite choice and preference tables     ``choose_dtls_cipher``, ``*_priorities``
+CONNECT response headers                    ``tunnel_params``, ``answer(CONNECTED)``
+==========================================  ==========================================
 
 Everything here is sans-IO: time and randomness reach a dialect through its
 arguments and ``AuthServices``.
