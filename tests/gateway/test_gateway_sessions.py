@@ -31,6 +31,7 @@ from loadgen.proto.cstp import CstpConnection, DisconnectReason
 from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
 from loadgen.proto.errors import BadPacketError
 from loadgen.proto.packets import build_udp, parse_ipv4_untrusted, parse_udp_untrusted
+from loadgen.proto.tunnel import ConnectRequest
 from tests.helpers.gateway import start_gateway, url_of
 from tests.helpers.netns import in_private_netns
 
@@ -400,6 +401,41 @@ async def test_max_sessions_refuses_the_extra_one_with_503(cert_dir: Path) -> No
                 assert await echo_ok(three) == {"cstp": 3}
                 await two.disconnect(DisconnectReason.USER)
                 await three.disconnect(DisconnectReason.USER)
+
+
+async def test_a_reconnect_replaces_its_tunnel_even_at_the_limit(cert_dir: Path) -> None:
+    # the cookie's own tunnel is going away, so its slot counts for the new one
+    with trio.fail_after(20):
+        async with running_gateway(cert_dir, GatewayConfig(max_sessions=1)) as (gw, ca):
+            cfg = session_config(gw, ca, dtls=None)
+            async with open_session(cfg, build_client_context(cfg.tls)) as one:
+                await one.connect()
+                cookie = one.jar.get("webvpn")
+                tunnel = one.tunnel
+                assert cookie and tunnel is not None
+                again = ConnectRequest(
+                    host="127.0.0.1", user_agent="AnyConnect", cookie=cookie, hostname="again"
+                )
+                head = b"CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\n" + b"".join(
+                    k + b": " + v + b"\r\n" for k, v in again.to_headers()
+                )
+                tcp = await trio.open_tcp_stream("127.0.0.1", gw.port)
+                context = ssl.create_default_context(cafile=str(ca))
+                stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+                try:
+                    await stream.do_handshake()
+                    await stream.send_all(head + b"\r\n")
+                    reply = b""
+                    while b"\r\n\r\n" not in reply:
+                        reply += await stream.receive_some(65536)
+                    assert reply.startswith(b"HTTP/1.1 200 CONNECTED\r\n"), reply
+                    await tunnel.cstp.ended_event.wait()
+                    assert tunnel.ended is not None
+                    assert tunnel.ended.reason is Reason.TERMINATED
+                    await wait_until(lambda: gw.tunnels_active == 1)
+                    assert dropped(gw, "max_sessions") == 0
+                finally:
+                    await trio.aclose_forcefully(stream)
 
 
 async def test_delay_auth_lengthens_the_auth_phases_only(cert_dir: Path) -> None:
