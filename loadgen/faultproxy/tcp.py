@@ -3,7 +3,7 @@
 Each accepted client gets its own upstream connection.  Each direction (``upstream``:
 client to server, ``downstream``: server to client) is a :class:`_Link`: a reader task
 stamps what it reads and queues it, a pump task feeds the direction's
-:class:`~loadgen.faultproxy.toxics.chain.ToxicChain`, runs its timers and writes what
+:class:`~loadgen.faultproxy.chain.TcpChain`, runs its timers and writes what
 leaves it.  Toxic changes made through the API reach every open connection at once
 (Toxiproxy's ToxicStub chains); data held by a removed toxic goes on, not lost.
 
@@ -31,10 +31,11 @@ import random
 import socket
 import struct
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import trio
 
+from loadgen.faultproxy.chain import TcpChain
 from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import (
     DOWNSTREAM,
@@ -44,9 +45,9 @@ from loadgen.faultproxy.model import (
     is_udp,
     parse_host_port,
 )
+from loadgen.faultproxy.runtime import ToxicProxy
 from loadgen.faultproxy.toxics import check_tcp_toxic
 from loadgen.faultproxy.toxics.base import Chunk, Close, EndOfStream, Item
-from loadgen.faultproxy.toxics.chain import ToxicChain
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -81,24 +82,6 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(frozen=True)
-class _LinkStats:
-    """One toxic type's drops and delays, on one proxy and direction."""
-
-    metrics: FaultProxyMetrics
-    proxy: str
-    direction: str
-    toxic_type: str
-
-    def dropped(self, size_bytes: int) -> None:
-        self.metrics.dropped(
-            self.proxy, self.direction, self.toxic_type, size_bytes, datagram=False
-        )
-
-    def held(self, delay_s: float) -> None:
-        self.metrics.held(self.proxy, self.direction, self.toxic_type, delay_s)
-
-
 class _ConnectionClosedError(Exception):
     """A toxic closed the connection (or a write failed): end both directions."""
 
@@ -122,10 +105,7 @@ class _Link:
         self.direction = direction
         self.source = source
         self.dest = dest
-        self.chain = ToxicChain(
-            rng=proxy.rng,
-            stats_for=lambda t: _LinkStats(proxy.metrics, proxy.name, direction, t),
-        )
+        self.chain = TcpChain(rng=proxy.rng, stats_for=proxy._stats_for(direction))
         self._inbox: deque[Item] = deque()
         self._inbox_bytes = 0
         self._kick = trio.Event()
@@ -161,8 +141,8 @@ class _Link:
                 item = self._inbox.popleft()
                 if isinstance(item, Chunk):
                     self._inbox_bytes -= len(item.data)
-                self.chain.feed(item, now)
-            self.chain.advance(now)
+                self.chain.receive(item, now)
+            self.chain.handle_timer(now)
             for item in self.chain.take_output():
                 if await self._write(item):
                     return
@@ -226,8 +206,11 @@ def _set_linger_zero(stream: trio.abc.Stream) -> None:
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-class TcpProxy:
+class TcpProxy(ToxicProxy[Item]):
     """A Toxiproxy proxy for TCP (implements ``ProxyRuntime``)."""
+
+    datagrams = False
+    parse_address = staticmethod(parse_tcp_address)
 
     def __init__(
         self,
@@ -240,14 +223,7 @@ class TcpProxy:
         max_connections: int = MAX_CONNECTIONS,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
-        self.name = name
-        self.listen = listen
-        self.upstream = upstream
-        self._listen_hp = parse_tcp_address(listen, listen=True)
-        self._upstream_hp = parse_tcp_address(upstream, listen=False)
-        self.metrics = metrics
-        self.rng = rng if rng is not None else random.Random()
-        self._toxics: dict[str, ToxicSpec] = {}
+        super().__init__(name=name, listen=listen, upstream=upstream, metrics=metrics, rng=rng)
         self._connections: set[_Connection] = set()
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
@@ -255,51 +231,16 @@ class TcpProxy:
         self.active_connections = 0
         #: connections closed at once because ``max_connections`` were open
         self.refused_connections = 0
-        #: the bound address (``host:port``) while serving
-        self.address: str | None = None
 
     # -- toxics (ProxyRuntime) ------------------------------------------------------
-
-    def toxics(self) -> list[ToxicSpec]:
-        return list(self._toxics.values())
 
     def check_toxic(self, toxic: ToxicSpec) -> ToxicSpec:
         return check_tcp_toxic(toxic)
 
-    def add_toxic(self, toxic: ToxicSpec) -> None:
-        if toxic.name in self._toxics:
-            raise ApiError(409, "toxic already exists")
-        toxic = check_tcp_toxic(toxic)
-        self._toxics[toxic.name] = toxic
-        now = trio.current_time()
+    def _open_chains(self, stream: str) -> Iterator[tuple[TcpChain, Callable[[], None]]]:
         for conn in self._connections:
-            link = conn.links[toxic.stream]
-            link.chain.add(toxic, now)
-            link.kick()
-
-    def update_toxic(self, toxic: ToxicSpec) -> None:
-        old = self._toxics.get(toxic.name)
-        if old is None:
-            raise ApiError(404, "toxic not found")
-        if (old.type, old.stream) != (toxic.type, toxic.stream):
-            raise ApiError(400, f"toxic {toxic.name}: type and stream cannot change")
-        toxic = check_tcp_toxic(toxic)
-        self._toxics[toxic.name] = toxic
-        now = trio.current_time()
-        for conn in self._connections:
-            link = conn.links[toxic.stream]
-            link.chain.update(toxic, now)
-            link.kick()
-
-    def remove_toxic(self, name: str) -> None:
-        toxic = self._toxics.pop(name, None)
-        if toxic is None:
-            raise ApiError(404, "toxic not found")
-        now = trio.current_time()
-        for conn in self._connections:
-            link = conn.links[toxic.stream]
-            link.chain.remove(name, now)
-            link.kick()
+            link = conn.links[stream]
+            yield link.chain, link.kick
 
     # -- serving --------------------------------------------------------------------
 

@@ -13,10 +13,9 @@ Memory is bounded in bytes as well as in datagrams, since every source address m
 spoofed: each flow's queue per direction holds at most 1024 datagrams and
 ``max_queue_bytes`` (default :data:`MAX_QUEUE_BYTES`), and all flows together hold
 at most ``max_held_bytes`` (default :data:`MAX_HELD_BYTES`), counting both the queues
-and what the toxics hold.  A datagram beyond either bound is dropped and counted as
-overload (cause ``queue_full``).  Bytes inside the toxics are tracked from outside
-the chain (in minus out minus drops), so a ``duplicate`` toxic's copies can make the
-figure run low by up to the copies it adds; each toxic's own ``MAX_HELD`` still applies.
+and what the toxics hold (their chains count it, a ``duplicate`` toxic's copies
+included).  A datagram beyond either bound is dropped and counted as overload (cause
+``queue_full``); each toxic's own ``MAX_HELD`` still applies.
 
 Datagrams are opaque bytes of any size up to 65535.  Socket errors (an ICMP port
 unreachable shows as ConnectionRefusedError on a connected UDP socket) are logged and
@@ -29,13 +28,15 @@ import errno
 import logging
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 
+from loadgen.faultproxy.chain import DatagramChain
 from loadgen.faultproxy.datagram import check_datagram_toxic
-from loadgen.faultproxy.datagram.chain import DatagramChain, DatagramDropped, DatagramHeld
 from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import (
     DOWNSTREAM,
@@ -46,6 +47,7 @@ from loadgen.faultproxy.model import (
     ToxicSpec,
     parse_host_port,
 )
+from loadgen.faultproxy.runtime import ToxicProxy
 
 __all__ = [
     "MAX_DATAGRAM_BYTES",
@@ -92,7 +94,7 @@ class _Flow:
     receivers: dict[str, trio.MemoryReceiveChannel[bytes | None]]
     last_activity_s: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    #: bytes waiting in each direction's queue, and (estimated) inside its toxics
+    #: bytes waiting in each direction's queue, and inside its toxics
     queued: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     in_chain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
 
@@ -105,9 +107,16 @@ class _Flow:
             self.queued[stream] += len(item)
         return True
 
+    def wake(self, stream: str) -> None:
+        """Wake ``stream``'s driver (a toxic change); a full inbox wakes it anyway."""
+        self.push(stream, None)
 
-class UdpProxy:
+
+class UdpProxy(ToxicProxy[bytes]):
     """A Toxiproxy-style proxy for datagrams (implements ``ProxyRuntime``)."""
+
+    datagrams = True
+    parse_address = staticmethod(parse_udp_address)
 
     def __init__(
         self,
@@ -122,27 +131,18 @@ class UdpProxy:
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
-        self.name = name
-        self.listen = listen
-        self.upstream = upstream
-        self._listen_hp = parse_udp_address(listen, listen=True)
-        self._upstream_hp = parse_udp_address(upstream, listen=False)
-        self._metrics = metrics
-        self._rng = rng if rng is not None else random.Random()
+        super().__init__(name=name, listen=listen, upstream=upstream, metrics=metrics, rng=rng)
         self.flow_idle_s = flow_idle_s
         self.max_flows = max_flows
         self.max_queue_bytes = max_queue_bytes
         self.max_held_bytes = max_held_bytes
         #: bytes held across flows: in their queues and (estimated) in their toxics
         self.held_bytes = 0
-        self._toxics: dict[str, ToxicSpec] = {}
         self._flows: dict[Any, _Flow] = {}
         self._sock: trio.socket.SocketType | None = None
         self._upstream_addr: Any = None
         self._family = trio.socket.AF_INET
         self._nursery: trio.Nursery | None = None
-        #: the bound address (``udp://host:port``) while serving
-        self.address: str | None = None
         #: datagrams of new clients dropped because ``max_flows`` were open
         self.refused_flows = 0
         #: datagrams dropped because a flow's inbox was full (the proxy overrun)
@@ -153,48 +153,13 @@ class UdpProxy:
     def check_toxic(self, toxic: ToxicSpec) -> ToxicSpec:
         return check_datagram_toxic(toxic)
 
-    def add_toxic(self, toxic: ToxicSpec) -> None:
-        if toxic.name in self._toxics:
-            raise ApiError(409, f"toxic {toxic.name} already exists")
-        toxic = check_datagram_toxic(toxic)
-        self._toxics[toxic.name] = toxic
+    def _open_chains(self, stream: str) -> Iterator[tuple[DatagramChain, Callable[[], None]]]:
         for flow in self._flows.values():
-            flow.chains[toxic.stream].add(toxic)
-            flow.push(toxic.stream, None)  # wake: timers may have changed
-
-    def update_toxic(self, toxic: ToxicSpec) -> None:
-        old = self._toxic(toxic.name)
-        if (old.type, old.stream) != (toxic.type, toxic.stream):
-            raise ApiError(400, f"toxic {toxic.name}: type and stream cannot change")
-        toxic = check_datagram_toxic(toxic)
-        self._toxics[toxic.name] = toxic
-        for flow in self._flows.values():
-            flow.chains[toxic.stream].update(toxic)
-            flow.push(toxic.stream, None)
-
-    def remove_toxic(self, name: str) -> None:
-        toxic = self._toxic(name)
-        del self._toxics[name]
-        if not self._flows:
-            return
-        now = trio.current_time()
-        for flow in self._flows.values():
-            flow.chains[toxic.stream].remove(name, now)  # held datagrams go on
-            flow.push(toxic.stream, None)
-
-    @property
-    def toxics(self) -> list[ToxicSpec]:
-        return list(self._toxics.values())
+            yield flow.chains[stream], partial(flow.wake, stream)
 
     @property
     def flow_count(self) -> int:
         return len(self._flows)
-
-    def _toxic(self, name: str) -> ToxicSpec:
-        try:
-            return self._toxics[name]
-        except KeyError:
-            raise ApiError(404, f"toxic not found: {name}") from None
 
     # -- serving ---------------------------------------------------------------------
 
@@ -254,14 +219,14 @@ class UdpProxy:
             or not flow.push(stream, data)
         ):
             self.overrun_drops += 1
-            self._metrics.overload(self.name, stream, "queue_full")
+            self.metrics.overload(self.name, stream, "queue_full")
             return
         self.held_bytes += size
 
     def _open_flow(self, client: Any) -> _Flow | None:
         if len(self._flows) >= self.max_flows:
             self.refused_flows += 1
-            self._metrics.overload(self.name, UPSTREAM, "max_flows")
+            self.metrics.overload(self.name, UPSTREAM, "max_flows")
             if self.refused_flows == 1 or self.refused_flows % 1000 == 0:
                 log.warning(
                     "faultproxy %s: %d flows open, new clients dropped (%d so far)",
@@ -279,8 +244,14 @@ class UdpProxy:
         receivers: dict[str, trio.MemoryReceiveChannel[bytes | None]] = {}
         for s in STREAMS:
             senders[s], receivers[s] = trio.open_memory_channel[bytes | None](_INBOX_DATAGRAMS)
+        now = trio.current_time()
         chains = {
-            s: DatagramChain((t for t in self._toxics.values() if t.stream == s), rng=self._rng)
+            s: DatagramChain(
+                (t for t in self.toxics() if t.stream == s),
+                rng=self.rng,
+                now=now,
+                stats_for=self._stats_for(s),
+            )
             for s in STREAMS
         }
         flow = _Flow(
@@ -289,10 +260,10 @@ class UdpProxy:
             chains=chains,
             senders=senders,
             receivers=receivers,
-            last_activity_s=trio.current_time(),
+            last_activity_s=now,
         )
         self._flows[client] = flow
-        self._metrics.connection_opened(self.name)
+        self.metrics.connection_opened(self.name)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_flow, flow)
         return flow
@@ -319,7 +290,7 @@ class UdpProxy:
             if self._flows.get(flow.client) is flow:
                 del self._flows[flow.client]
             self.held_bytes -= sum(flow.queued.values()) + sum(flow.in_chain.values())
-            self._metrics.connection_closed(self.name)
+            self.metrics.connection_closed(self.name)
 
     async def _receive_from_upstream(self, flow: _Flow) -> None:
         while True:
@@ -351,23 +322,13 @@ class UdpProxy:
                 flow.in_chain[stream] += len(item)
                 chain.receive(item, now)
             out = chain.datagrams_to_send(now)
-            left = sum(len(d) for d in out)
             if out:
                 # leaving the toxics is activity too, or the flow could expire between
                 # a release and the answer it draws
                 flow.last_activity_s = now
-            for event in chain.events():
-                if isinstance(event, DatagramDropped):
-                    left += event.size_bytes
-                    self._metrics.dropped(
-                        self.name, stream, event.toxic_type, event.size_bytes, datagram=True
-                    )
-                elif isinstance(event, DatagramHeld):
-                    self._metrics.held(self.name, stream, event.toxic_type, event.delay_s)
-            # a duplicate's copies can make more leave than came in: never below 0
-            left = min(left, flow.in_chain[stream])
-            flow.in_chain[stream] -= left
-            self.held_bytes -= left
+            held = chain.held_bytes
+            self.held_bytes -= flow.in_chain[stream] - held
+            flow.in_chain[stream] = held
             for datagram in out:
                 await self._send(flow, stream, datagram)
 
@@ -384,7 +345,7 @@ class UdpProxy:
             level = logging.DEBUG if exc.errno in _QUIET_ERRNOS else logging.WARNING
             log.log(level, "faultproxy %s: %s send failed: %s", self.name, stream, exc)
             return
-        self._metrics.relayed(self.name, stream, len(datagram), datagram=True)
+        self.metrics.relayed(self.name, stream, len(datagram), datagram=True)
 
     async def _expire(self, flow: _Flow) -> None:
         while True:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadgen.faultproxy.chain import DataDropped, DatagramChain, DataHeld
 from loadgen.faultproxy.datagram import DATAGRAM_TOXICS, check_datagram_toxic
 from loadgen.faultproxy.datagram.base import MAX_HELD
-from loadgen.faultproxy.datagram.chain import DatagramChain, DatagramDropped, DatagramHeld
 from loadgen.faultproxy.datagram.hello_delay import is_handshake_datagram
 from loadgen.faultproxy.model import ApiError, ToxicSpec
 
@@ -126,7 +126,7 @@ def test_blackhole_drops_everything_and_says_so() -> None:
     assert c.datagrams_to_send(0.0) == []
     assert c.get_timer() is None
     events = c.events()
-    assert events == [DatagramDropped(toxic_type="blackhole", size_bytes=1)] * 5
+    assert events == [DataDropped(toxic_type="blackhole", size_bytes=1)] * 5
     assert c.events() == []  # drained
 
 
@@ -195,8 +195,8 @@ def test_latency_holds_each_datagram_exactly_and_in_order() -> None:
     assert c.datagrams_to_send(0.35) == [b"b"]
     assert c.get_timer() is None
     events = c.events()
-    assert all(isinstance(e, DatagramHeld) and e.toxic_type == "latency" for e in events)
-    assert [e.delay_s for e in events if isinstance(e, DatagramHeld)] == pytest.approx([0.25, 0.25])
+    assert all(isinstance(e, DataHeld) and e.toxic_type == "latency" for e in events)
+    assert [e.delay_s for e in events if isinstance(e, DataHeld)] == pytest.approx([0.25, 0.25])
 
 
 def test_latency_jitter_varies_the_delay_but_never_reorders() -> None:
@@ -250,7 +250,7 @@ def test_hello_delay_holds_22_and_20_in_order_and_lets_23_through() -> None:
     assert c.datagrams_to_send(2.0) == [HELLO]
     assert c.datagrams_to_send(2.4) == []
     assert c.datagrams_to_send(2.5) == [CCS]
-    assert [type(e) for e in c.events()] == [DatagramHeld, DatagramHeld]
+    assert [type(e) for e in c.events()] == [DataHeld, DataHeld]
 
 
 def test_hello_delay_retransmissions_keep_their_order() -> None:
@@ -393,7 +393,7 @@ def test_removed_reorder_releases_its_held_datagram() -> None:
 def test_update_keeps_held_datagrams_and_order() -> None:
     c = chain(spec("latency", latency=1000))
     c.receive(b"a", 0.0)
-    c.update(spec("latency", latency=10))
+    c.update(spec("latency", latency=10), 0.0)
     c.receive(b"b", 0.1)  # due at 0.11 but must not overtake a (due at 1.0)
     assert c.datagrams_to_send(0.5) == []
     assert c.datagrams_to_send(1.0) == [b"a", b"b"]
@@ -404,7 +404,7 @@ def test_update_keeps_held_datagrams_and_order() -> None:
 def test_added_toxic_applies_to_the_next_datagram() -> None:
     c = chain()
     c.receive(b"a", 0.0)
-    c.add(spec("blackhole"))
+    c.add(spec("blackhole"), 0.0)
     c.receive(b"b", 0.0)
     assert c.datagrams_to_send(0.0) == [b"a"]
 
@@ -414,7 +414,7 @@ def test_chain_runs_toxics_in_order() -> None:
     c = chain(spec("duplicate", "d"), spec("loss", "l"))
     c.receive(b"a", 0.0)
     assert c.datagrams_to_send(0.0) == []
-    assert c.events() == [DatagramDropped(toxic_type="loss", size_bytes=1)] * 2
+    assert c.events() == [DataDropped(toxic_type="loss", size_bytes=1)] * 2
 
 
 def test_holding_is_bounded() -> None:
@@ -422,7 +422,7 @@ def test_holding_is_bounded() -> None:
     for _ in range(MAX_HELD + 10):
         c.receive(b"x", 0.0)
     assert c.held_count == MAX_HELD
-    drops = [e for e in c.events() if isinstance(e, DatagramDropped)]
+    drops = [e for e in c.events() if isinstance(e, DataDropped)]
     assert len(drops) == 10
     assert len(c.datagrams_to_send(1.0)) == MAX_HELD
 

@@ -18,12 +18,12 @@ import pytest
 import trio
 import trio.testing
 
+from loadgen.faultproxy.chain import TcpChain
 from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ToxicSpec
 from loadgen.faultproxy.tcp import TcpProxy
 from loadgen.faultproxy.toxics import TCP_TOXICS, check_tcp_toxic
 from loadgen.faultproxy.toxics.base import EOF, Chunk, Close, item_size
-from loadgen.faultproxy.toxics.chain import ToxicChain
 from loadgen.faultproxy.toxics.slicer import SlicerToxic
 
 EPS = 1e-9
@@ -438,27 +438,27 @@ def test_toxicity_is_drawn_per_connection() -> None:
     delayed = 0
     rng = random.Random(11)
     for _ in range(200):
-        chain = ToxicChain(rng=rng)
+        chain = TcpChain(rng=rng)
         chain.add(spec, 0.0)
-        chain.feed(Chunk(data=b"x", timestamp=0.0), 0.0)
+        chain.receive(Chunk(data=b"x", timestamp=0.0), 0.0)
         delayed += not chain.take_output()
     assert 70 < delayed < 130
-    never = ToxicChain(rng=rng)
+    never = TcpChain(rng=rng)
     never.add(toxic("latency", "upstream", toxicity=0.0, latency=100), 0.0)
-    never.feed(Chunk(data=b"x", timestamp=0.0), 0.0)
+    never.receive(Chunk(data=b"x", timestamp=0.0), 0.0)
     assert never.take_output() == [Chunk(data=b"x", timestamp=0.0)]
 
 
 def test_chain_passes_close_after_held_data() -> None:
-    chain = ToxicChain(rng=random.Random(1))
+    chain = TcpChain(rng=random.Random(1))
     chain.add(toxic("limit_data", "upstream", bytes=3), 0.0)
     chain.add(toxic("latency", "upstream", latency=1000), 0.0)
-    chain.feed(Chunk(data=b"abcdef", timestamp=0.0), 0.0)
+    chain.receive(Chunk(data=b"abcdef", timestamp=0.0), 0.0)
     assert chain.take_output() == []
     assert chain.get_timer() == 1.0
-    chain.advance(1.0)
+    chain.handle_timer(1.0)
     assert chain.take_output() == [Chunk(data=b"abc", timestamp=1.0), Close(reset=False)]
-    chain.feed(EOF, 1.0)  # after the close: ignored
+    chain.receive(EOF, 1.0)  # after the close: ignored
     assert chain.take_output() == []
 
 
@@ -515,7 +515,7 @@ _OPS = st.lists(
         st.tuples(st.just("chunk"), st.integers(1, 3000), st.floats(0, 0.2)),
         st.tuples(st.just("timer"), st.just(0), st.floats(0, 0.5)),
         st.tuples(st.just("take"), st.just(0), st.just(0.0)),
-        st.tuples(st.just("reconfigure"), st.just(0), st.just(0.0)),
+        st.tuples(st.just("update"), st.just(0), st.just(0.0)),
         st.tuples(st.just("flush"), st.just(0), st.just(0.0)),
     ),
     max_size=40,
@@ -547,8 +547,8 @@ def test_held_bytes_matches_a_recount(kind: str, ops: list[tuple[str, int, float
             t.handle_timer(now)
         elif op == "take":
             t.take_output()
-        elif op == "reconfigure":
-            t.reconfigure(spec.attributes, now)
+        elif op == "update":
+            t.update(spec.attributes, now)
         else:
             t.flush()
         recount = sum(item_size(i) for i in t._out) + sum(item_size(i) for _, i in t._queue)

@@ -353,7 +353,7 @@ async def test_toxic_management_errors(autojump_clock: trio.testing.MockClock) -
         with pytest.raises(ApiError) as info:
             r.proxy.check_toxic(toxic("bandwidth", rate=10))  # TCP only
         assert info.value.status == 400
-        assert [x.name for x in r.proxy.toxics] == ["loss_upstream"]
+        assert [x.name for x in r.proxy.toxics()] == ["loss_upstream"]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Datagram toxics: per-packet faults for UDP proxies, one module per toxic type.
 
 The written contract is in :mod:`loadgen.faultproxy.datagram.base`; the chain that
-runs a stream's toxics in order, sans-IO, is :mod:`loadgen.faultproxy.datagram.chain`.
+runs a stream's toxics in order, sans-IO, is :mod:`loadgen.faultproxy.chain`.
 
 | type | attributes (units, defaults) |
 |---|---|
@@ -16,6 +16,7 @@ runs a stream's toxics in order, sans-IO, is :mod:`loadgen.faultproxy.datagram.c
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -29,6 +30,7 @@ from loadgen.faultproxy.datagram.loss import LossToxic
 from loadgen.faultproxy.datagram.rate import RateToxic
 from loadgen.faultproxy.datagram.reorder import ReorderToxic
 from loadgen.faultproxy.model import ApiError, ToxicSpec
+from loadgen.faultproxy.toxic import ToxicStats
 
 __all__ = ["DATAGRAM_TOXICS", "check_datagram_toxic", "new_datagram_toxic"]
 
@@ -62,6 +64,14 @@ def check_datagram_toxic(spec: ToxicSpec) -> ToxicSpec:
     return replace(spec, attributes=cls.check(spec.attributes))
 
 
-def new_datagram_toxic(spec: ToxicSpec) -> DatagramToxic:
+def new_datagram_toxic(
+    spec: ToxicSpec,
+    *,
+    now: float,
+    rng: random.Random | None = None,
+    stats: ToxicStats | None = None,
+    fresh: bool = True,
+) -> DatagramToxic:
     """A fresh instance (one per flow and direction) of the toxic ``spec`` describes."""
-    return _toxic_class(spec.type)(spec)
+    cls = _toxic_class(spec.type)
+    return cls(cls.check(spec.attributes), now=now, rng=rng, stats=stats, fresh=fresh)

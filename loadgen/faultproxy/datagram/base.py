@@ -13,18 +13,20 @@ whole datagrams and decides per packet.  The written contract:
    (``reorder``); a delaying toxic never lets a later selected datagram overtake an
    earlier one.
 4. **Nothing lost unless dropping is the job** (``blackhole``, ``loss``, ``rate``).
-   A held datagram is forwarded when the toxic is removed (``release``), never lost.
+   A held datagram is forwarded when the toxic is removed (``flush``), never lost.
    An update keeps what is held (held datagrams keep their release times).
 5. **Bounded.** A toxic holds at most :data:`MAX_HELD` datagrams; beyond that it drops
    and the drop is counted against it (memory stays bounded under a flood).
 6. **Deterministic.** A toxic reads neither the clock nor a random source: ``now``
-   (seconds, the caller's monotonic clock) and ``rng`` are arguments, so the same code
-   runs in the proxy and, exactly, in tests under trio's MockClock.
+   (seconds, the caller's monotonic clock) is an argument and the seeded ``rng`` is
+   given at construction (the chain's, which also draws the toxicity), so the same
+   code runs in the proxy and, exactly, in tests under trio's MockClock.
 
-The driver contract (aioquic-like, one instance per flow and direction):
-``receive(datagram, now, rng) -> Verdict`` takes one selected datagram;
-``datagrams_to_send(now)`` returns what leaves the toxic by ``now``, in order;
-``get_timer()`` tells when something held becomes due; ``release()`` empties it on removal.
+The driver contract is the one TCP toxics follow too (:mod:`loadgen.faultproxy.toxic`;
+one instance per flow and direction): ``receive(datagram, now)`` takes one selected
+datagram; ``handle_timer(now)`` releases what is due; ``get_timer()`` tells when
+something held becomes due; ``take_output()`` returns what left, in order;
+``flush()`` empties the toxic on removal.  Drops and holds go to ``stats``.
 
 Attribute units are in the attribute names' documentation (milliseconds for times,
 percent for probabilities); every attribute has a default; an unknown attribute or a
@@ -33,23 +35,18 @@ value out of range is an ``ApiError(400)``.
 
 from __future__ import annotations
 
-import abc
 import math
-import random
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from loadgen.faultproxy.model import ApiError, AttrValue, ToxicSpec
+from loadgen.faultproxy.model import ApiError, AttrValue
+from loadgen.faultproxy.toxic import Toxic
 
 __all__ = [
-    "DROP",
     "MAX_HELD",
-    "PASS",
     "AttributeRule",
     "DatagramToxic",
-    "Verdict",
     "check_attributes",
 ]
 
@@ -100,97 +97,39 @@ def _num(x: float) -> str:
     return str(int(x)) if x == int(x) else str(x)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Verdict:
-    """What a toxic did with one datagram (for metrics; the bytes flow through the queue)."""
-
-    dropped: bool = False
-    #: set when the datagram is held back: the planned hold in seconds (0.0 when the
-    #: release depends on later datagrams, as for ``reorder``)
-    held_s: float | None = None
-
-
-PASS = Verdict()
-DROP = Verdict(dropped=True)
-
-
-class DatagramToxic(abc.ABC):
+class DatagramToxic(Toxic[bytes]):
     """A datagram toxic instance for one flow and one direction.
 
     Subclasses set ``type_name`` and ``attribute_rules``, read their attributes in
-    :meth:`_configure` and decide in :meth:`receive`, using :meth:`_pass`,
-    :meth:`_hold_until` or returning :data:`DROP`.  The base keeps the output list and
-    a FIFO of held datagrams whose release times never decrease (contract item 3).
+    :meth:`configure` and decide in :meth:`receive`, using :meth:`_emit`,
+    :meth:`_hold_until` or :meth:`_drop`.  The base keeps the output list and a FIFO
+    of held datagrams whose release times never decrease (contract item 3).
     """
 
-    type_name: ClassVar[str]
     attribute_rules: ClassVar[tuple[AttributeRule, ...]] = ()
 
-    def __init__(self, spec: ToxicSpec) -> None:
-        self._out: list[bytes] = []
-        self._held: deque[tuple[float, bytes]] = deque()
-        self._init_state()
-        self.spec = spec
-        self._configure(self.check(spec.attributes))
+    @staticmethod
+    def size_of(item: bytes) -> int:
+        return len(item)
 
     @classmethod
     def check(cls, attrs: Mapping[str, AttrValue]) -> dict[str, AttrValue]:
         return check_attributes(cls.type_name, cls.attribute_rules, attrs)
 
-    def update(self, spec: ToxicSpec) -> None:
-        """New attributes or toxicity; what is held stays held (contract item 4)."""
-        self.spec = spec
-        self._configure(self.check(spec.attributes))
+    # update (the base's): new attributes, and what is held stays held (contract item 4)
 
-    def _init_state(self) -> None:
-        """Set up per-flow state before the first :meth:`_configure` (optional)."""
-        return
+    def _drop(self, datagram: bytes) -> None:
+        self.stats.dropped(len(datagram))
 
-    @abc.abstractmethod
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
-        """Read the checked, complete attributes."""
-
-    @abc.abstractmethod
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
-        """Take one selected datagram at ``now`` (seconds)."""
-
-    def bypassed(self, now: float) -> None:
-        """A datagram not selected went past this toxic (only ``reorder`` cares)."""
-        return
-
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """Everything that leaves the toxic by ``now``, in order."""
-        while self._held and self._held[0][0] <= now:
-            self._out.append(self._held.popleft()[1])
-        out, self._out = self._out, []
-        return out
-
-    def get_timer(self) -> float | None:
-        """When the next held datagram becomes due, or None."""
-        return self._held[0][0] if self._held else None
-
-    def release(self) -> list[bytes]:
-        """Everything in the toxic, in order: called when it is removed (contract item 4)."""
-        out = self._out + [d for _, d in self._held]
-        self._out = []
-        self._held.clear()
-        return out
-
-    @property
-    def held_count(self) -> int:
-        return len(self._held)
-
-    def _pass(self, datagram: bytes) -> Verdict:
-        self._out.append(datagram)
-        return PASS
-
-    def _hold_until(self, datagram: bytes, due: float, now: float) -> Verdict:
+    def _hold_until(self, datagram: bytes, due: float, now: float) -> None:
         """Hold ``datagram`` until ``due`` or until everything held before it is out."""
-        if len(self._held) >= MAX_HELD:
-            return DROP
-        if self._held:
-            due = max(due, self._held[-1][0])  # order kept: never before an earlier one
-        if due <= now and not self._held:
-            return self._pass(datagram)
-        self._held.append((due, datagram))
-        return Verdict(held_s=max(0.0, due - now))
+        if len(self._queue) >= MAX_HELD:
+            self._drop(datagram)
+            return
+        if self._queue:
+            due = max(due, self._queue[-1][0])  # order kept: never before an earlier one
+        elif due <= now:
+            self._emit(datagram)
+            return
+        self._enqueue(datagram, due)
+        self.stats.held(max(0.0, due - now))

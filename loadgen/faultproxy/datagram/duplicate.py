@@ -9,10 +9,9 @@ copies of one datagram come before the next datagram).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import PASS, AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["DuplicateToxic"]
@@ -25,11 +24,11 @@ class DuplicateToxic(DatagramToxic):
         AttributeRule(name="copies", default=1, minimum=1, maximum=10, integer=True),
     )
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.probability = float(attrs["percentage"]) / 100.0
         self.copies = int(attrs["copies"])
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
-        n = 1 + self.copies if rng.random() < self.probability else 1
-        self._out.extend([datagram] * n)
-        return PASS
+    def receive(self, datagram: bytes, now: float) -> None:
+        n = 1 + self.copies if self.rng.random() < self.probability else 1
+        for _ in range(n):
+            self._emit(datagram)

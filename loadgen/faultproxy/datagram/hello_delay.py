@@ -16,10 +16,9 @@ Every handshake datagram is held, retransmissions included.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["CHANGE_CIPHER_SPEC", "HANDSHAKE", "HelloDelayToxic", "is_handshake_datagram"]
@@ -39,10 +38,11 @@ class HelloDelayToxic(DatagramToxic):
         AttributeRule(name="delay", default=1000, minimum=0, maximum=600_000, unit="ms"),
     )
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.delay_s = float(attrs["delay"]) / 1000.0
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
-        if not is_handshake_datagram(datagram):
-            return self._pass(datagram)
-        return self._hold_until(datagram, now + self.delay_s, now)
+    def receive(self, datagram: bytes, now: float) -> None:
+        if is_handshake_datagram(datagram):
+            self._hold_until(datagram, now + self.delay_s, now)
+        else:
+            self._emit(datagram)

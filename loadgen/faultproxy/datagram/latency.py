@@ -9,10 +9,9 @@ single path, so jitter shows as delay variation, never as reordering.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["LatencyToxic"]
@@ -25,12 +24,12 @@ class LatencyToxic(DatagramToxic):
         AttributeRule(name="jitter", default=0, minimum=0, maximum=600_000, unit="ms"),
     )
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.latency_s = float(attrs["latency"]) / 1000.0
         self.jitter_s = float(attrs["jitter"]) / 1000.0
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
+    def receive(self, datagram: bytes, now: float) -> None:
         delay_s = self.latency_s
         if self.jitter_s > 0:
-            delay_s = max(0.0, delay_s + rng.uniform(-self.jitter_s, self.jitter_s))
-        return self._hold_until(datagram, now + delay_s, now)
+            delay_s = max(0.0, delay_s + self.rng.uniform(-self.jitter_s, self.jitter_s))
+        self._hold_until(datagram, now + delay_s, now)

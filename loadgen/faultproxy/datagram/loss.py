@@ -7,10 +7,9 @@ it (``toxicity: 0.2`` or ``percentage: 20``).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import DROP, AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["LossToxic"]
@@ -22,10 +21,11 @@ class LossToxic(DatagramToxic):
         AttributeRule(name="percentage", default=100, minimum=0, maximum=100, unit="percent"),
     )
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.probability = float(attrs["percentage"]) / 100.0
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
-        if rng.random() < self.probability:
-            return DROP
-        return self._pass(datagram)
+    def receive(self, datagram: bytes, now: float) -> None:
+        if self.rng.random() < self.probability:
+            self._drop(datagram)
+        else:
+            self._emit(datagram)

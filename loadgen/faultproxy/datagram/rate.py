@@ -12,10 +12,9 @@ A datagram not selected (toxicity) neither pays nor is policed.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import DROP, AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["RateToxic"]
@@ -34,19 +33,18 @@ class RateToxic(DatagramToxic):
         ),
     )
 
-    def _init_state(self) -> None:
-        self._packets = 0.0
-        self._bytes = 0.0
-        self._last: float | None = None  # when the buckets were last filled
+    _packets = 0.0
+    _bytes = 0.0
+    _last: float | None = None  # when the buckets were last filled
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.pps = float(attrs["packets_per_second"])
         self.bps = float(attrs["bytes_per_second"])
         # an update keeps the tokens, trimmed to the new bucket sizes
         self._packets = min(self._packets, self.pps)
         self._bytes = min(self._bytes, self.bps)
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
+    def receive(self, datagram: bytes, now: float) -> None:
         if self._last is None:
             self._packets, self._bytes = self.pps, self.bps
         else:
@@ -54,12 +52,13 @@ class RateToxic(DatagramToxic):
             self._packets = min(self.pps, self._packets + elapsed * self.pps)
             self._bytes = min(self.bps, self._bytes + elapsed * self.bps)
         self._last = now
-        if self.pps > 0 and self._packets < 1.0 - _EPSILON:
-            return DROP
-        if self.bps > 0 and self._bytes <= 0.0:
-            return DROP
+        if (self.pps > 0 and self._packets < 1.0 - _EPSILON) or (
+            self.bps > 0 and self._bytes <= 0.0
+        ):
+            self._drop(datagram)
+            return
         if self.pps > 0:
             self._packets -= 1.0
         if self.bps > 0:
             self._bytes -= len(datagram)
-        return self._pass(datagram)
+        self._emit(datagram)

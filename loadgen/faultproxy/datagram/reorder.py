@@ -11,10 +11,9 @@ With ``toxicity`` 1 and ``gap`` 1 the flow ``1 2 3 4`` leaves as ``2 1 4 3``.  W
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
-from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic, Verdict
+from loadgen.faultproxy.datagram.base import AttributeRule, DatagramToxic
 from loadgen.faultproxy.model import AttrValue
 
 __all__ = ["ReorderToxic"]
@@ -27,27 +26,26 @@ class ReorderToxic(DatagramToxic):
         AttributeRule(name="delay", default=100, minimum=1, maximum=600_000, unit="ms"),
     )
 
-    def _init_state(self) -> None:
-        self._waiting = 0  # later datagrams still to pass before the held one leaves
+    _waiting = 0  # later datagrams still to pass before the held one leaves
 
-    def _configure(self, attrs: Mapping[str, AttrValue]) -> None:
+    def configure(self, attrs: Mapping[str, AttrValue], now: float) -> None:
         self.gap = int(attrs["gap"])
         self.delay_s = float(attrs["delay"]) / 1000.0
-        if self._held:
+        if self._queue:
             self._waiting = min(self._waiting, self.gap)
 
-    def receive(self, datagram: bytes, now: float, rng: random.Random) -> Verdict:
-        if not self._held:
+    def receive(self, datagram: bytes, now: float) -> None:
+        if not self._queue:
             self._waiting = self.gap
-            self._held.append((now + self.delay_s, datagram))
-            return Verdict(held_s=0.0)
-        self._out.append(datagram)
+            self._enqueue(datagram, now + self.delay_s)
+            self.stats.held(0.0)  # the release waits for later datagrams: no planned delay
+            return
+        self._emit(datagram)
         self.bypassed(now)
-        return Verdict()
 
     def bypassed(self, now: float) -> None:
         # every later datagram counts towards the gap, selected or not
-        if self._held:
+        if self._queue:
             self._waiting -= 1
             if self._waiting <= 0:
-                self._out.append(self._held.popleft()[1])
+                self._out.append(self._queue.popleft()[1])  # still held_bytes: moved only

@@ -11,7 +11,7 @@
 | ``limit_data`` | ``bytes`` |
 | ``hello_delay`` (ours) | ``delay`` ms |
 
-The contract every toxic keeps is in :mod:`loadgen.faultproxy.toxics.base`.
+The contract every TCP toxic keeps is in :mod:`loadgen.faultproxy.toxics.base`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from __future__ import annotations
 import random
 
 from loadgen.faultproxy.model import ApiError, AttrValue, ToxicSpec
+from loadgen.faultproxy.toxic import ToxicStats
 from loadgen.faultproxy.toxics.bandwidth import BandwidthToxic
-from loadgen.faultproxy.toxics.base import TcpToxic, ToxicStats
+from loadgen.faultproxy.toxics.base import TcpToxic
 from loadgen.faultproxy.toxics.hello_delay import HelloDelayToxic
 from loadgen.faultproxy.toxics.latency import LatencyToxic
 from loadgen.faultproxy.toxics.limit_data import LimitDataToxic
@@ -71,12 +72,12 @@ def check_tcp_toxic(toxic: ToxicSpec) -> ToxicSpec:
 
 
 def new_tcp_toxic(
-    toxic: ToxicSpec,
+    spec: ToxicSpec,
     *,
     now: float,
     rng: random.Random | None = None,
     stats: ToxicStats | None = None,
     fresh: bool = True,
 ) -> TcpToxic:
-    """A toxic instance for one connection and direction (``toxic`` already checked)."""
-    return TCP_TOXICS[toxic.type](toxic.attributes, now=now, rng=rng, stats=stats, fresh=fresh)
+    """A toxic instance for one connection and direction (``spec`` already checked)."""
+    return TCP_TOXICS[spec.type](spec.attributes, now=now, rng=rng, stats=stats, fresh=fresh)

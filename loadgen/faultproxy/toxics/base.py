@@ -1,4 +1,4 @@
-"""The TCP toxic contract, and the base class every TCP toxic builds on.
+"""The TCP toxic contract, and the base classes every TCP toxic builds on.
 
 A TCP toxic sits on one direction (``stream``) of one proxied connection and sees
 that direction's bytes as a sequence of items: :class:`Chunk` (bytes read from the
@@ -8,17 +8,16 @@ connection).  Toxics are chained in the order they were added, as Toxiproxy's
 ``ToxicStub`` chains are; the first one gets the bytes as read, the last one hands
 them to the writer.
 
-The toxic code is sans-IO in the aioquic way: the chain calls ``receive(item, now)``
-and ``handle_timer(now)``, asks ``get_timer()`` when it next needs a call, and takes
-what is ready with ``take_output()``.  ``now`` is trio's clock in the proxy and the
-mock clock in tests, so every toxic is deterministic under test.
+TCP toxics follow the driver contract of :mod:`loadgen.faultproxy.toxic` (``receive``,
+``handle_timer``, ``get_timer``, ``take_output``; ``now`` is an argument, the seeded
+``rng`` is given at construction), so every toxic is deterministic under test.
 
 The contract (Toxiproxy's CREATING_TOXICS.md, the same promises):
 
 1. Forward in-flight data when interrupted: when a toxic is removed (or stops
    applying to a connection), ``flush()`` returns everything it holds, in order,
    and the chain passes that on to the next toxic at once; an update
-   (``reconfigure``) releases what is held too, as Toxiproxy's interrupt does
+   (``update``) releases what is held too, as Toxiproxy's interrupt does
    (``hello_delay`` moves its release time instead).  Nothing is lost.
 2. Pass EOF on: an :data:`EOF` or :class:`Close` received goes out after the data
    received before it.  A toxic that closes the connection itself (``timeout``,
@@ -37,23 +36,21 @@ Attributes have Toxiproxy's names and units and are validated by the registry in
 
 from __future__ import annotations
 
-import random
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final
 
 from loadgen.faultproxy.model import AttrValue
+from loadgen.faultproxy.toxic import Toxic
 
 __all__ = [
     "EOF",
     "Chunk",
     "Close",
+    "DeadlineToxic",
     "EndOfStream",
     "Item",
-    "NullStats",
     "TcpToxic",
-    "ToxicStats",
     "item_size",
 ]
 
@@ -87,71 +84,33 @@ def item_size(item: Item) -> int:
     return len(item.data) if isinstance(item, Chunk) else 0
 
 
-class ToxicStats(Protocol):
-    """Where a toxic reports what it does to the data (metrics by proxy, direction, type)."""
-
-    def dropped(self, size_bytes: int) -> None: ...
-
-    def held(self, delay_s: float) -> None: ...
-
-
-class NullStats:
-    """Stats that go nowhere (tests, and toxics built for validation only)."""
-
-    def dropped(self, size_bytes: int) -> None:
-        pass
-
-    def held(self, delay_s: float) -> None:
-        pass
-
-
-class TcpToxic:
-    """Base class: a queue of held items released in order at their times.
+class TcpToxic(Toxic[Item]):
+    """Base class: every item is scheduled, and released in order at its time.
 
     Subclasses set ``type_name`` and ``defaults`` (Toxiproxy's attributes with its
     zero defaults), read their attributes in :meth:`configure`, and decide in
     :meth:`_on_item` when each item leaves, through :meth:`_schedule`.
     """
 
-    type_name: ClassVar[str]
     #: attribute -> default value (Toxiproxy's zero values)
     defaults: ClassVar[Mapping[str, AttrValue]]
     #: attributes that must be whole numbers (sizes in bytes)
     integer_attributes: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(
-        self,
-        attributes: Mapping[str, AttrValue],
-        *,
-        now: float,
-        rng: random.Random | None = None,
-        stats: ToxicStats | None = None,
-        fresh: bool = True,
-    ) -> None:
-        """``fresh``: the connection has carried no data in this direction yet."""
-        self.rng = rng if rng is not None else random.Random()
-        self.stats: ToxicStats = stats if stats is not None else NullStats()
-        self.fresh = fresh
-        self.terminal = False
-        self._queue: deque[tuple[float, Item]] = deque()
-        self._out: list[Item] = []
-        #: bytes in _queue and _out, kept as they move (read on every chunk the proxy reads)
-        self._held = 0
-        self._last_release = float("-inf")
-        self.attributes: dict[str, AttrValue] = dict(self.defaults)
-        self.configure(attributes, now)
+    terminal = False
+    _last_release = float("-inf")
 
-    # -- what the chain calls -------------------------------------------------------
+    size_of = staticmethod(item_size)
 
     def configure(self, attributes: Mapping[str, AttrValue], now: float) -> None:
-        """New attribute values (an API update); per-connection state is kept."""
-        self.attributes = {**self.defaults, **attributes}
+        self.attributes: dict[str, AttrValue] = {**self.defaults, **attributes}
 
-    def reconfigure(self, attributes: Mapping[str, AttrValue], now: float) -> None:
-        """An API update: Toxiproxy interrupts the toxic and restarts it with the new
-        attributes, and the interrupted toxic forwards what it holds; so do we."""
-        self._out = self.flush()
-        self._held = sum(map(item_size, self._out))
+    def update(self, attributes: Mapping[str, AttrValue], now: float) -> None:
+        """Toxiproxy interrupts the toxic and restarts it with the new attributes, and
+        the interrupted toxic forwards what it holds; so do we."""
+        held = self.flush()
+        self._out = held
+        self._held = sum(map(item_size, held))
         self.configure(attributes, now)
 
     def receive(self, item: Item, now: float) -> None:
@@ -162,33 +121,10 @@ class TcpToxic:
             return
         self._on_item(item, now)
 
-    def handle_timer(self, now: float) -> None:
-        while self._queue and self._queue[0][0] <= now:
-            self._out.append(self._queue.popleft()[1])
-
-    def get_timer(self) -> float | None:
-        return self._queue[0][0] if self._queue else None
-
-    def take_output(self) -> list[Item]:
-        out, self._out = self._out, []
-        self._held -= sum(map(item_size, out))
-        return out
-
     def flush(self) -> list[Item]:
         """Everything held, in order, released now (contract rule 1)."""
-        out = self.take_output() + [item for _, item in self._queue]
-        self._queue.clear()
-        self._held = 0
         self._last_release = float("-inf")
-        return out
-
-    def on_removed(self) -> list[Item]:
-        """Items to send after :meth:`flush` when the toxic is removed (usually none)."""
-        return []
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held
+        return super().flush()
 
     # -- for subclasses -------------------------------------------------------------
 
@@ -200,8 +136,7 @@ class TcpToxic:
         """Release ``item`` at ``at``, never before an item scheduled earlier."""
         at = max(at, self._last_release)
         self._last_release = at
-        self._queue.append((at, item))
-        self._held += item_size(item)
+        self._enqueue(item, at)
         return at
 
     def _close(self, *, reset: bool, at: float) -> None:
@@ -210,3 +145,25 @@ class TcpToxic:
 
     def _number(self, key: str) -> float:
         return float(self.attributes[key])
+
+
+class DeadlineToxic(TcpToxic):
+    """A toxic that closes the connection when its ``_deadline`` comes (``timeout``,
+    ``reset_peer``); subclasses set ``_deadline`` and ``close_with_reset``."""
+
+    #: close with RST (``reset_peer``) rather than FIN
+    close_with_reset: ClassVar[bool]
+
+    _deadline: float | None = None
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is not None and now >= self._deadline and not self.terminal:
+            self._deadline = None
+            self._close(reset=self.close_with_reset, at=now)
+        super().handle_timer(now)
+
+    def get_timer(self) -> float | None:
+        queued = super().get_timer()
+        if self._deadline is None or self.terminal:
+            return queued
+        return self._deadline if queued is None else min(queued, self._deadline)

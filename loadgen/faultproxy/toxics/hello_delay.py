@@ -35,7 +35,7 @@ class HelloDelayToxic(TcpToxic):
             self._queue = type(self._queue)((self._release_at, i) for _, i in self._queue)
             self._last_release = self._release_at
 
-    def reconfigure(self, attributes: Mapping[str, AttrValue], now: float) -> None:
+    def update(self, attributes: Mapping[str, AttrValue], now: float) -> None:
         self.configure(attributes, now)  # keep holding, until the new release time
 
     def _on_item(self, item: Item, now: float) -> None:

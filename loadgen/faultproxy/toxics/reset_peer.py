@@ -11,17 +11,17 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from loadgen.faultproxy.model import AttrValue
-from loadgen.faultproxy.toxics.base import Chunk, Item, TcpToxic
+from loadgen.faultproxy.toxics.base import Chunk, DeadlineToxic, Item
 
 __all__ = ["ResetPeerToxic"]
 
 
-class ResetPeerToxic(TcpToxic):
+class ResetPeerToxic(DeadlineToxic):
     type_name = "reset_peer"
     defaults = MappingProxyType({"timeout": 0})
+    close_with_reset = True
 
     _triggered_at: float | None = None
-    _deadline: float | None = None
 
     def configure(self, attributes: Mapping[str, AttrValue], now: float) -> None:
         super().configure(attributes, now)
@@ -34,15 +34,3 @@ class ResetPeerToxic(TcpToxic):
         if self._triggered_at is None:
             self._triggered_at = now
             self._deadline = now + self._number("timeout") / 1000
-
-    def handle_timer(self, now: float) -> None:
-        if self._deadline is not None and now >= self._deadline and not self.terminal:
-            self._deadline = None
-            self._close(reset=True, at=now)
-        super().handle_timer(now)
-
-    def get_timer(self) -> float | None:
-        queued = super().get_timer()
-        if self._deadline is None or self.terminal:
-            return queued
-        return self._deadline if queued is None else min(queued, self._deadline)

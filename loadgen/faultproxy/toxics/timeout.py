@@ -13,16 +13,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from loadgen.faultproxy.model import AttrValue
-from loadgen.faultproxy.toxics.base import Chunk, Close, Item, TcpToxic
+from loadgen.faultproxy.toxics.base import Chunk, Close, DeadlineToxic, Item
 
 __all__ = ["TimeoutToxic"]
 
 
-class TimeoutToxic(TcpToxic):
+class TimeoutToxic(DeadlineToxic):
     type_name = "timeout"
     defaults = MappingProxyType({"timeout": 0})
-
-    _deadline: float | None = None
+    close_with_reset = False
 
     def configure(self, attributes: Mapping[str, AttrValue], now: float) -> None:
         super().configure(attributes, now)
@@ -35,18 +34,6 @@ class TimeoutToxic(TcpToxic):
             return
         self._schedule(item, now)  # the source ended: pass it on
         self.terminal = True
-
-    def handle_timer(self, now: float) -> None:
-        if self._deadline is not None and now >= self._deadline and not self.terminal:
-            self._deadline = None
-            self._close(reset=False, at=now)
-        super().handle_timer(now)
-
-    def get_timer(self) -> float | None:
-        queued = super().get_timer()
-        if self._deadline is None or self.terminal:
-            return queued
-        return self._deadline if queued is None else min(queued, self._deadline)
 
     def on_removed(self) -> list[Item]:
         return [] if self.terminal else [Close(reset=False)]
