@@ -422,7 +422,9 @@ class Swarm:
                 Phase.CONNECT, Reason.CANCELLED, "the run ended before the session was up"
             )
 
-    async def _hold(self, runner: SessionRunner[SwarmSession], session: SwarmSession, deadline: float) -> None:
+    async def _hold(
+        self, runner: SessionRunner[SwarmSession], session: SwarmSession, deadline: float
+    ) -> None:
         pokes = [trio.Event()]
         self._pokes.add(pokes[0])
         try:
@@ -472,7 +474,9 @@ class Swarm:
                 if cfg.think_time is not None:
                     next_echo += cfg.think_time(self._rng) or 0.0
 
-    async def _echo(self, runner: SessionRunner[SwarmSession], tunnel: SwarmTunnel, target: IPv4Address) -> None:
+    async def _echo(
+        self, runner: SessionRunner[SwarmSession], tunnel: SwarmTunnel, target: IPv4Address
+    ) -> None:
         cfg = self.config
         channel = tunnel.channel
         result = await tunnel.echo(

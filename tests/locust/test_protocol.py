@@ -325,14 +325,10 @@ _json_values = st.recursive(
     ),
     max_leaves=20,
 )
-_field_names = st.sampled_from(
-    ["seq", "id", "profile", "url", "username", "password", "count", "spacing_s", "rtts_s"]
-    + ["options", "x"]
-)
-_types = st.sampled_from(
-    ["connect", "configure", "echo", "disconnect", "shutdown", "phase", "echo_result", "ended"]
-    + ["nope"]
-)
+_FIELD_NAMES = ("seq", "id", "profile", "url", "username", "password", "count", "spacing_s")
+_field_names = st.sampled_from([*_FIELD_NAMES, "rtts_s", "options", "x"])
+_TYPES = ("connect", "configure", "echo", "disconnect", "shutdown", "phase", "echo_result")
+_types = st.sampled_from([*_TYPES, "ended", "nope"])
 
 
 @settings(max_examples=500, deadline=None)
