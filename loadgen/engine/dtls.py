@@ -461,4 +461,3 @@ class DtlsChannel:
             await done.wait()
         self._dpd_waiters.pop(payload, None)
         return out[0] if out else None
-
