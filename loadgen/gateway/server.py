@@ -139,6 +139,15 @@ class Gateway:
     def tunnels_active(self) -> int:
         return len(self._tunnels)
 
+    @property
+    def cookies_live(self) -> int:
+        """Session cookies the gateway still honours (logged-out ones are gone)."""
+        return len(self._records)
+
+    def tunnel_users(self) -> list[str]:
+        """The user of each live tunnel."""
+        return [t.record.username for t in self._tunnels]
+
     # -- serving ----------------------------------------------------------------
 
     async def serve(

@@ -147,7 +147,7 @@ def test_run_against_the_embedded_gateway_passes_and_writes_the_summary(
 ) -> None:
     out = tmp_path / "summary.json"
     args = [
-        "--sessions", "20", "--rate", "20", "--duration", "4", "--echo-interval", "1",
+        "--sessions", "20", "--rate", "20", "--duration", "4", "--echo-every", "1",
         "--no-progress", "--summary", str(out),
         "--threshold", "failure_ratio<0.01",
         "--threshold", "phases.connect.p95<5s",
@@ -232,9 +232,13 @@ def test_usage_errors_exit_2_before_any_traffic(args: list[str], message: str) -
 
 
 def test_a_bad_user_pattern_is_a_usage_error(tmp_path: Path) -> None:
-    r = loadgen_run("--user-pattern", "bob", "--duration", "30", "--no-progress")
+    r = loadgen_run("--user", "bob", "--duration", "30", "--no-progress")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "needs {n}" in r.stderr
+    # the old spelling means the same, with a warning
+    r = loadgen_run("--user-pattern", "bob", "--duration", "30", "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "needs {n}" in r.stderr and "--user-pattern is deprecated" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -242,7 +246,7 @@ def test_too_few_identities_in_a_file_is_a_clear_error(tmp_path: Path) -> None:
     users = tmp_path / "users.txt"
     users.write_text("alice:pw1\nbob:pw2\n")
     r = loadgen_run(
-        "--users-file", str(users), "--sessions", "5", "--duration", "30", "--no-progress",
+        "--credentials", str(users), "--sessions", "5", "--duration", "30", "--no-progress",
         "--summary", str(tmp_path / "summary.json"),
     )  # fmt: skip
     assert r.returncode == 2, r.stdout + r.stderr
@@ -266,9 +270,9 @@ def test_url_run_with_cafile_pattern_and_stdin_password_metrics_equal_summary(
     with gateway_process(tmp_path / "gw", *users) as gw:
         args = [
             gw.url, "--cafile", str(gw.ca_path),
-            "--user-pattern", "u{n}", "--password-stdin",
+            "--user", "u{n}", "--password-stdin",
             "--arrival-rate", "10", "--sessions", "10", "--duration", "0.95",
-            "--echo-interval", "0.2", "--no-progress", "--summary", str(out),
+            "--echo-every", "0.2", "--no-progress", "--summary", str(out),
             "--metrics-port", str(port), "--linger", "4",
             "--threshold", "sessions.established==3",
             "--threshold", "failures.auth/auth_rejected==7",
@@ -351,7 +355,7 @@ async def test_sigint_stops_cleanly_sessions_disconnect_summary_written(
         assert took < 10, text
         assert "Traceback" not in text
         # every tunnel ended with DISCONNECT 0xb0: the gateway forgot every cookie
-        await _wait_for(lambda: gw.tunnels_active == 0 and not gw._records, 5, "logouts")
+        await _wait_for(lambda: gw.tunnels_active == 0 and not gw.cookies_live, 5, "logouts")
         assert _gateway_sessions(gw, "established") == _gateway_sessions(gw, "closed") == 6
         nursery.cancel_scope.cancel()
     summary = json.loads(out.read_text())
@@ -369,7 +373,7 @@ async def test_processes_split_sessions_with_distinct_identities(tmp_path: Path)
         gw, ca = await start_gateway(nursery, tmp_path / "gw", GatewayConfig())
         argv = [
             sys.executable, "-m", "loadgen", "run", url_of(gw), "--cafile", str(ca),
-            "--user-pattern", "p{n}", "--password-stdin",
+            "--user", "p{n}", "--password-stdin",
             "--sessions", "5", "--rate", "50", "--duration", "6", "--processes", "2",
             "--no-progress", "--summary", str(out),
         ]  # fmt: skip
@@ -384,7 +388,7 @@ async def test_processes_split_sessions_with_distinct_identities(tmp_path: Path)
             await proc.stdin.aclose()
             with trio.fail_after(40):
                 while proc.poll() is None:
-                    seen.update(t.record.username for t in gw._tunnels)
+                    seen.update(gw.tunnel_users())
                     peak = max(peak, gw.tunnels_active)
                     if not kids:
                         kids = {p: c for p, c in children_of(proc.pid).items() if "--worker" in c}
@@ -420,8 +424,8 @@ async def test_users_file_identities_serve_again_after_their_session_ends(
         gw, ca = await start_gateway(nursery, tmp_path / "gw", GatewayConfig(auth=policy))
         argv = [
             sys.executable, "-m", "loadgen", "run", url_of(gw), "--cafile", str(ca),
-            "--users-file", str(users), "--sessions", "3", "--rate", "30",
-            "--session-length", "0.3", "--duration", "2", "--echo-interval", "0",
+            "--credentials", str(users), "--sessions", "3", "--rate", "30",
+            "--session-length", "0.3", "--duration", "2", "--echo-every", "0",
             "--no-progress", "--summary", str(out), "--threshold", "failure_ratio==0",
         ]  # fmt: skip
         with (tmp_path / "out.txt").open("wb") as log:
@@ -431,7 +435,7 @@ async def test_users_file_identities_serve_again_after_their_session_ends(
         try:
             with trio.fail_after(40):
                 while proc.poll() is None:
-                    names = [t.record.username for t in gw._tunnels]
+                    names = gw.tunnel_users()
                     assert len(names) == len(set(names)), names  # never shared while live
                     peak = max(peak, len(names))
                     await trio.sleep(0.02)
@@ -457,7 +461,7 @@ def test_udp_echo_and_think_time(tmp_path: Path) -> None:
         "10",
         "--duration",
         "3",
-        "--echo-interval",
+        "--echo-every",
         "0.3",
         "--echo-udp",
         "--think-time",
