@@ -31,9 +31,9 @@ __all__ = ["OVERLOAD_CAUSES", "FaultProxyMetrics"]
 
 OVERLOAD_CAUSES = ("max_flows", "queue_full", "max_connections")
 
-_PROXY_LABELLED = ("connections_total", "connections_active")
-_DIRECTION_LABELLED = ("bytes", "datagrams")
-_TOXIC_LABELLED = ("dropped_datagrams", "dropped_bytes", "delayed", "delay_seconds")
+_PROXY = ("proxy",)
+_DIRECTION = ("proxy", "direction")
+_TOXIC = ("proxy", "direction", "toxic")
 
 
 class FaultProxyMetrics:
@@ -41,66 +41,40 @@ class FaultProxyMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.bytes = Counter(
-            "loadgen_faultproxy_bytes", "Bytes relayed", ["proxy", "direction"], registry=r
+        counter, gauge = self._counter, self._gauge
+        self.bytes = counter("bytes", "Bytes relayed", _DIRECTION)
+        self.datagrams = counter("datagrams", "Datagrams relayed", _DIRECTION)
+        self.connections_total = counter(
+            "connections", "TCP connections accepted or UDP flows opened", _PROXY
         )
-        self.datagrams = Counter(
-            "loadgen_faultproxy_datagrams",
-            "Datagrams relayed",
-            ["proxy", "direction"],
-            registry=r,
+        self.connections_active = gauge("connections_active", "TCP connections or UDP flows open")
+        self.dropped_datagrams = counter("dropped_datagrams", "Datagrams dropped by a toxic")
+        self.dropped_bytes = counter("dropped_bytes", "Bytes dropped by a toxic")
+        self.delayed = counter("delayed", "Chunks or datagrams held back by a toxic")
+        self.delay_seconds = counter("delay_seconds", "Delay added by toxics")
+        self.toxics_active = gauge(
+            "toxics_active", "Toxics in place (shade fault windows with it)", ("proxy", "toxic")
         )
-        self.connections_total = Counter(
-            "loadgen_faultproxy_connections",
-            "TCP connections accepted or UDP flows opened",
-            ["proxy"],
-            registry=r,
-        )
-        self.connections_active = Gauge(
-            "loadgen_faultproxy_connections_active",
-            "TCP connections or UDP flows open",
-            ["proxy"],
-            registry=r,
-        )
-        self.dropped_datagrams = Counter(
-            "loadgen_faultproxy_dropped_datagrams",
-            "Datagrams dropped by a toxic",
-            ["proxy", "direction", "toxic"],
-            registry=r,
-        )
-        self.dropped_bytes = Counter(
-            "loadgen_faultproxy_dropped_bytes",
-            "Bytes dropped by a toxic",
-            ["proxy", "direction", "toxic"],
-            registry=r,
-        )
-        self.delayed = Counter(
-            "loadgen_faultproxy_delayed",
-            "Chunks or datagrams held back by a toxic",
-            ["proxy", "direction", "toxic"],
-            registry=r,
-        )
-        self.delay_seconds = Counter(
-            "loadgen_faultproxy_delay_seconds",
-            "Delay added by toxics",
-            ["proxy", "direction", "toxic"],
-            registry=r,
-        )
-        self.toxics_active = Gauge(
-            "loadgen_faultproxy_toxics_active",
-            "Toxics in place (shade fault windows with it)",
-            ["proxy", "toxic"],
-            registry=r,
-        )
-        self.overload_dropped = Counter(
-            "loadgen_faultproxy_overload_dropped",
+        self.overload_dropped = counter(
+            "overload_dropped",
             "Datagrams the proxy dropped at its own limits (not a toxic's doing)",
-            ["proxy", "direction", "cause"],
-            registry=r,
+            ("proxy", "direction", "cause"),
+        )
+        #: the series with the labels proxy, direction, toxic
+        self._by_toxic = (
+            self.dropped_datagrams,
+            self.dropped_bytes,
+            self.delayed,
+            self.delay_seconds,
         )
         # toxic types seen per proxy, to remove their series with the proxy
         self._types: dict[str, set[str]] = {}
+
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = _TOXIC) -> Counter:
+        return Counter(f"loadgen_faultproxy_{name}", doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...] = _PROXY) -> Gauge:
+        return Gauge(f"loadgen_faultproxy_{name}", doc, labels, registry=self.registry)
 
     def proxy_added(self, proxy: str) -> None:
         """Create the proxy's series up front so that dashboards see zeros, not gaps."""
@@ -122,12 +96,7 @@ class FaultProxyMetrics:
             for cause in OVERLOAD_CAUSES:
                 _remove(self.overload_dropped, proxy, d, cause)
             for t in self._types.get(proxy, ()):
-                for metric in (
-                    self.dropped_datagrams,
-                    self.dropped_bytes,
-                    self.delayed,
-                    self.delay_seconds,
-                ):
+                for metric in self._by_toxic:
                     _remove(metric, proxy, d, t)
         for t in self._types.pop(proxy, ()):
             _remove(self.toxics_active, proxy, t)
@@ -174,12 +143,7 @@ class FaultProxyMetrics:
             types.add(toxic_type)
             self.toxics_active.labels(proxy, toxic_type)
             for d in STREAMS:
-                for metric in (
-                    self.dropped_datagrams,
-                    self.dropped_bytes,
-                    self.delayed,
-                    self.delay_seconds,
-                ):
+                for metric in self._by_toxic:
                     metric.labels(proxy, d, toxic_type)
 
 

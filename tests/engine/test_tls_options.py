@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import errno
 import hashlib
 import ssl
@@ -11,9 +10,7 @@ import ssl
 import pytest
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from loadgen.engine.tls import (
     PinKind,
@@ -26,22 +23,11 @@ from loadgen.engine.tls import (
 )
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Reason, SessionFailedError
+from loadgen.gateway.pki import make_ca
 
 
 def _self_signed_der() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert, _ = make_ca("gw", valid_days=1)
     return cert.public_bytes(serialization.Encoding.DER)
 
 
