@@ -4,7 +4,7 @@
 
 Everything runs on one machine (here 2 cores), client and gateway together.
 
-* ``gateway``: ``loadgen run URL --sessions R*RAMP --rate R --echo-interval 0`` against
+* ``gateway``: ``loadgen run URL --sessions R*RAMP --rate R --echo-every 0`` against
   ``loadgen gateway --accept-any`` (no groups, no profile: TLS, auth, CSTP CONNECT, DTLS)
   for each rate R of ``--rates``, then at the top rate with ``--processes 2`` and against
   the default gateway (two groups and a profile: group selection and a profile download
@@ -158,7 +158,7 @@ def rate_against_gateway(
     label += "es" if processes > 1 else ""
     with ReferenceGateway(extra_args=extra) as gw:
         args = [gw.url, "--cafile", gw.ca, "--sessions", str(sessions), "--rate", str(rate)]
-        args += ["--duration", str(duration), "--echo-interval", "0"]
+        args += ["--duration", str(duration), "--echo-every", "0"]
         watch = watch_run(
             args,
             processes=processes,
@@ -228,9 +228,9 @@ def rate_against_ocserv_loadgen(server: Any, sessions: int) -> OcservRate:
     pgid = server.pid
     assert pgid is not None
     offered = 1000.0
-    args = [server.url, "--cafile", str(server.ca_path), "--user-pattern", "user{n}"]
+    args = [server.url, "--cafile", str(server.ca_path), "--user", "user{n}"]
     args += ["--sessions", str(sessions), "--rate", str(offered), "--duration", "60"]
-    args += ["--echo-interval", "0"]
+    args += ["--echo-every", "0"]
     cpu0 = group_cpu_s(pgid)
     watch = watch_run(
         args,

@@ -23,7 +23,7 @@ machine noise spreads over all of them:
   ``connect`` / ``wait_dtls``; it prints a line when DTLS is up and blocks, and is
   sampled exactly like openconnect.
 * ``loadgen connect (CLI)``: ``python -m loadgen connect URL --user alice --password-stdin
-  --cafile CA --echo 0 --json --download off``.  Its DTLS-up moment is not visible from
+  --cafile CA --echo-count 0 --json --download off``.  Its DTLS-up moment is not visible from
   outside: connect time is its JSON ``phases.connect`` (phases 1-6), CPU and peak RSS are
   the whole process life (``wait4`` rusage: start-up, imports, connect, the two DPD probes
   of ``--json``, DISCONNECT, exit).
@@ -323,7 +323,7 @@ def run_loadgen_fresh(lab: Lab, rnd: int) -> Sample:
 
 def run_loadgen_cli(lab: Lab, rnd: int) -> Sample:
     argv = [sys.executable, "-m", "loadgen", "connect", lab.url, "--user", USER, "--cafile"]
-    argv += [lab.cafile, "--password-stdin", "--echo", "0", "--json", "--download", "off"]
+    argv += [lab.cafile, "--password-stdin", "--echo-count", "0", "--json", "--download", "off"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         child = spawn(LOADGEN_CLI, argv, stdin=subprocess.PIPE, stdout=out, stderr=err)

@@ -17,7 +17,7 @@ Parts (each bounded in time; every child process is killed on the way out):
   all-in cost (logout and close included) of the same, and of 10 connects in flight;
   then a cProfile pass that says where the time goes.
 * ``echo``: tunnel echo round trips per second per client core, over DTLS and over CSTP
-  (``loadgen run --echo-interval 0.001 --echo-burst B``): counters and the client's
+  (``loadgen run --echo-every 0.001 --echo-count B``): counters and the client's
   CPU are read from its ``/metrics`` at both ends of a steady window.
 * ``gateway``: the reference gateway holding ``--gateway-sessions`` (10,000) idle
   sessions in one process, clients spread over ``loadgen run --processes 2``; the
@@ -463,7 +463,7 @@ def part_echo(channel: str, sessions: int, burst: int, window_s: float) -> EchoR
     with ReferenceGateway(extra_args=["--accept-any"]) as gw:
         args = [gw.url, "--cafile", gw.ca, "--sessions", str(sessions)]
         args += ["--rate", str(sessions / ramp_s), "--duration", str(duration)]
-        args += ["--echo-interval", "0.001", "--echo-burst", str(burst), "--echo-timeout", "2"]
+        args += ["--echo-every", "0.001", "--echo-count", str(burst), "--echo-timeout", "2"]
         if channel == "cstp":
             args.append("--no-dtls")
         watch = watch_run(args, gateway_pid=gw.pid, timeout_s=duration + 40)
@@ -526,7 +526,7 @@ def part_gateway(sessions: int, rate: float, budget_s: float) -> GatewayResult:
         time.sleep(1.0)
         before = proc_rss_kib(gw.pid)
         args = [gw.url, "--cafile", gw.ca, "--sessions", str(sessions), "--rate", str(rate)]
-        args += ["--duration", f"{duration:.0f}", "--echo-interval", "0"]
+        args += ["--duration", f"{duration:.0f}", "--echo-every", "0"]
         watch = watch_run(
             args,
             processes=2,

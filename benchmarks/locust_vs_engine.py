@@ -8,7 +8,7 @@ gateway per run, and both are watched the same way, through the ``loadgen_*``
 metrics they serve (polled every 0.25 s):
 
 * ``engine``: ``loadgen run URL --sessions N --rate 100000 --duration D
-  --echo-interval E``: every session due at once, one echo every E s each;
+  --echo-every E``: every session due at once, one echo every E s each;
 * ``locust``: ``locust -f benchmarks/_locust_holder.py --headless -u N -r N -t Ds``
   (a VpnUser with wait_time = between(2E/3, 4E/3) and one self.vpn.echo(count=1)
   task, E passed in ``LOADGEN_BENCH_ECHO_EVERY_S``): one worker
@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,10 +124,11 @@ def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathR
         if path == "engine":
             argv = [sys.executable, "-m", "loadgen", "run", gw.url, "--cafile", gw.ca]
             argv += ["--sessions", str(users), "--rate", "100000", "--duration", str(duration)]
-            argv += ["--echo-interval", str(echo_every_s), "--metrics-port", str(port)]
-            argv += ["--no-progress"]
+            argv += ["--echo-every", str(echo_every_s), "--metrics-port", str(port)]
+            argv += ["--no-progress", "--password-stdin"]
         else:
-            env = dict(os.environ, **{ECHO_EVERY_ENV: str(echo_every_s)})
+            # the same password as the engine's (the gateway takes any)
+            env = dict(os.environ, LOADGEN_VPN_PASSWORD="x", **{ECHO_EVERY_ENV: str(echo_every_s)})
             argv = [sys.executable, "-m", "locust", "-f", str(HOLDER), "--headless"]
             argv += ["-u", str(users), "-r", str(users), "-t", f"{duration}s", "--host", gw.url]
             argv += ["--vpn-cafile", gw.ca, "--vpn-metrics-port", str(port), "--only-summary"]
@@ -134,6 +136,7 @@ def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathR
             child = spawn(
                 path,
                 argv,
+                stdin=subprocess.PIPE if path == "engine" else subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 env=env,
@@ -141,6 +144,9 @@ def run_path(path: str, users: int, hold_s: float, echo_every_s: float) -> PathR
                 stop_grace_s=30.0,
             )
         try:
+            if child.stdin is not None:  # the engine's password (the gateway takes any)
+                child.stdin.write(b"x\n")
+                child.stdin.close()
             return _watch(path, child, port=port, users=users, hold_s=hold_s, log=log)
         finally:
             child.stop()
