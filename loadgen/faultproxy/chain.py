@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
-from loadgen.faultproxy.datagram import new_datagram_toxic
+from loadgen.faultproxy.datagram import DATAGRAM_TOXICS
 from loadgen.faultproxy.datagram.base import DatagramToxic
 from loadgen.faultproxy.model import ApiError, ToxicSpec
 from loadgen.faultproxy.toxic import Toxic, ToxicStats
-from loadgen.faultproxy.toxics import new_tcp_toxic
+from loadgen.faultproxy.toxics import TCP_TOXICS
 from loadgen.faultproxy.toxics.base import Item, TcpToxic
 
 __all__ = ["DataDropped", "DataHeld", "DatagramChain", "TcpChain", "ToxicChain", "ToxicEvent"]
@@ -89,6 +89,8 @@ class ToxicChain(abc.ABC, Generic[T]):
 
     #: toxicity drawn for every item (datagrams) rather than once per connection (TCP)
     per_item: ClassVar[bool]
+    #: the toxic types of this kind, by name
+    _types: Mapping[str, type[Toxic[T]]]
 
     def __init__(
         self,
@@ -98,7 +100,8 @@ class ToxicChain(abc.ABC, Generic[T]):
         now: float = 0.0,
         stats_for: Callable[[str], ToxicStats] | None = None,
     ) -> None:
-        """``specs``: the toxics in place when the connection or flow opens, at ``now``;
+        """``specs``: the toxics in place when the connection or flow opens, at ``now``
+        (every spec of this chain is checked by its kind's ``check_*_toxic`` first);
         ``stats_for(toxic_type)``: where each toxic reports its drops and holds (the
         proxies: straight into the metrics, no event built per chunk); by default they
         are kept as events for :meth:`events`."""
@@ -114,17 +117,6 @@ class ToxicChain(abc.ABC, Generic[T]):
 
     @staticmethod
     @abc.abstractmethod
-    def _new_toxic(
-        spec: ToxicSpec,
-        *,
-        now: float,
-        rng: random.Random | None = None,
-        stats: ToxicStats | None = None,
-        fresh: bool = True,
-    ) -> Toxic[T]: ...
-
-    @staticmethod
-    @abc.abstractmethod
     def _size_of(item: T) -> int: ...
 
     # -- toxic changes --------------------------------------------------------------
@@ -134,8 +126,8 @@ class ToxicChain(abc.ABC, Generic[T]):
         return [s.spec.name for s in self._stages]
 
     def add(self, spec: ToxicSpec, now: float) -> None:
-        toxic = self._new_toxic(
-            spec,
+        toxic = self._types[spec.type](
+            spec.attributes,
             now=now,
             rng=self._rng,
             stats=self._stats_for(spec.type),
@@ -257,7 +249,7 @@ class TcpChain(ToxicChain[Item]):
     """The TCP toxics of one direction of one connection (toxicity per connection)."""
 
     per_item = False
-    _new_toxic = staticmethod(new_tcp_toxic)
+    _types = TCP_TOXICS
     _size_of = staticmethod(TcpToxic.size_of)
 
 
@@ -265,7 +257,7 @@ class DatagramChain(ToxicChain[bytes]):
     """The datagram toxics of one direction of one flow (toxicity per datagram)."""
 
     per_item = True
-    _new_toxic = staticmethod(new_datagram_toxic)
+    _types = DATAGRAM_TOXICS
     _size_of = staticmethod(DatagramToxic.size_of)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:

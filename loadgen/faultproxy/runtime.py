@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
 
 import trio
 
@@ -24,9 +24,19 @@ from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ToxicSpec
 from loadgen.faultproxy.toxic import ToxicStats
 
-__all__ = ["ToxicProxy"]
+__all__ = ["ProxyArgs", "ToxicProxy"]
 
 T = TypeVar("T")
+
+
+class ProxyArgs(TypedDict):
+    """What every proxy is made with (the keyword arguments of both kinds)."""
+
+    name: str
+    listen: str
+    upstream: str
+    metrics: FaultProxyMetrics
+    rng: NotRequired[random.Random | None]
 
 
 @dataclass(frozen=True)
@@ -55,21 +65,14 @@ class ToxicProxy(abc.ABC, Generic[T]):
     #: drops are counted as datagrams too (UDP)
     datagrams: ClassVar[bool]
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        listen: str,
-        upstream: str,
-        metrics: FaultProxyMetrics,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.name = name
-        self.listen = listen
-        self.upstream = upstream
-        self._listen_hp = self.parse_address(listen, listen=True)
-        self._upstream_hp = self.parse_address(upstream, listen=False)
-        self.metrics = metrics
+    def __init__(self, **proxy: Unpack[ProxyArgs]) -> None:
+        self.name = proxy["name"]
+        self.listen = proxy["listen"]
+        self.upstream = proxy["upstream"]
+        self._listen_hp = self.parse_address(self.listen, listen=True)
+        self._upstream_hp = self.parse_address(self.upstream, listen=False)
+        self.metrics = proxy["metrics"]
+        rng = proxy.get("rng")
         self.rng = rng if rng is not None else random.Random()
         self._toxics: dict[str, ToxicSpec] = {}
         #: the bound address while serving

@@ -27,16 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Unpack
 
 import trio
 
 from loadgen.faultproxy.chain import TcpChain
-from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import (
     DOWNSTREAM,
     UPSTREAM,
@@ -45,7 +44,7 @@ from loadgen.faultproxy.model import (
     is_udp,
     parse_host_port,
 )
-from loadgen.faultproxy.runtime import ToxicProxy
+from loadgen.faultproxy.runtime import ProxyArgs, ToxicProxy
 from loadgen.faultproxy.toxics import check_tcp_toxic
 from loadgen.faultproxy.toxics.base import Chunk, Close, EndOfStream, Item
 
@@ -215,15 +214,11 @@ class TcpProxy(ToxicProxy[Item]):
     def __init__(
         self,
         *,
-        name: str,
-        listen: str,
-        upstream: str,
-        metrics: FaultProxyMetrics,
-        rng: random.Random | None = None,
         max_connections: int = MAX_CONNECTIONS,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        **proxy: Unpack[ProxyArgs],
     ) -> None:
-        super().__init__(name=name, listen=listen, upstream=upstream, metrics=metrics, rng=rng)
+        super().__init__(**proxy)
         self._connections: set[_Connection] = set()
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s

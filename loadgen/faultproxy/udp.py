@@ -27,17 +27,15 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
 from loadgen.faultproxy.chain import DatagramChain
 from loadgen.faultproxy.datagram import check_datagram_toxic
-from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import (
     DOWNSTREAM,
     STREAMS,
@@ -47,7 +45,7 @@ from loadgen.faultproxy.model import (
     ToxicSpec,
     parse_host_port,
 )
-from loadgen.faultproxy.runtime import ToxicProxy
+from loadgen.faultproxy.runtime import ProxyArgs, ToxicProxy
 
 __all__ = [
     "MAX_DATAGRAM_BYTES",
@@ -121,22 +119,18 @@ class UdpProxy(ToxicProxy[bytes]):
     def __init__(
         self,
         *,
-        name: str,
-        listen: str,
-        upstream: str,
-        metrics: FaultProxyMetrics,
-        rng: random.Random | None = None,
         flow_idle_s: float = 60.0,
         max_flows: int = 10_000,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         max_held_bytes: int = MAX_HELD_BYTES,
+        **proxy: Unpack[ProxyArgs],
     ) -> None:
-        super().__init__(name=name, listen=listen, upstream=upstream, metrics=metrics, rng=rng)
+        super().__init__(**proxy)
         self.flow_idle_s = flow_idle_s
         self.max_flows = max_flows
         self.max_queue_bytes = max_queue_bytes
         self.max_held_bytes = max_held_bytes
-        #: bytes held across flows: in their queues and (estimated) in their toxics
+        #: bytes held across flows: in their queues and in their toxics
         self.held_bytes = 0
         self._flows: dict[Any, _Flow] = {}
         self._sock: trio.socket.SocketType | None = None

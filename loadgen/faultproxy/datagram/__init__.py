@@ -16,7 +16,6 @@ runs a stream's toxics in order, sans-IO, is :mod:`loadgen.faultproxy.chain`.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -30,9 +29,8 @@ from loadgen.faultproxy.datagram.loss import LossToxic
 from loadgen.faultproxy.datagram.rate import RateToxic
 from loadgen.faultproxy.datagram.reorder import ReorderToxic
 from loadgen.faultproxy.model import ApiError, ToxicSpec
-from loadgen.faultproxy.toxic import ToxicStats
 
-__all__ = ["DATAGRAM_TOXICS", "check_datagram_toxic", "new_datagram_toxic"]
+__all__ = ["DATAGRAM_TOXICS", "check_datagram_toxic"]
 
 DATAGRAM_TOXICS: Mapping[str, type[DatagramToxic]] = MappingProxyType(
     {
@@ -62,16 +60,3 @@ def check_datagram_toxic(spec: ToxicSpec) -> ToxicSpec:
     """``spec`` with its type's defaults filled in; ApiError(400) on a bad type or attribute."""
     cls = _toxic_class(spec.type)
     return replace(spec, attributes=cls.check(spec.attributes))
-
-
-def new_datagram_toxic(
-    spec: ToxicSpec,
-    *,
-    now: float,
-    rng: random.Random | None = None,
-    stats: ToxicStats | None = None,
-    fresh: bool = True,
-) -> DatagramToxic:
-    """A fresh instance (one per flow and direction) of the toxic ``spec`` describes."""
-    cls = _toxic_class(spec.type)
-    return cls(cls.check(spec.attributes), now=now, rng=rng, stats=stats, fresh=fresh)

@@ -16,10 +16,7 @@ The contract every TCP toxic keeps is in :mod:`loadgen.faultproxy.toxics.base`.
 
 from __future__ import annotations
 
-import random
-
 from loadgen.faultproxy.model import ApiError, AttrValue, ToxicSpec
-from loadgen.faultproxy.toxic import ToxicStats
 from loadgen.faultproxy.toxics.bandwidth import BandwidthToxic
 from loadgen.faultproxy.toxics.base import TcpToxic
 from loadgen.faultproxy.toxics.hello_delay import HelloDelayToxic
@@ -30,7 +27,7 @@ from loadgen.faultproxy.toxics.slicer import SlicerToxic
 from loadgen.faultproxy.toxics.slow_close import SlowCloseToxic
 from loadgen.faultproxy.toxics.timeout import TimeoutToxic
 
-__all__ = ["TCP_TOXICS", "check_tcp_toxic", "new_tcp_toxic"]
+__all__ = ["TCP_TOXICS", "check_tcp_toxic"]
 
 TCP_TOXICS: dict[str, type[TcpToxic]] = {
     cls.type_name: cls
@@ -69,15 +66,3 @@ def check_tcp_toxic(toxic: ToxicSpec) -> ToxicSpec:
         toxicity=toxic.toxicity,
         attributes=attributes,
     )
-
-
-def new_tcp_toxic(
-    spec: ToxicSpec,
-    *,
-    now: float,
-    rng: random.Random | None = None,
-    stats: ToxicStats | None = None,
-    fresh: bool = True,
-) -> TcpToxic:
-    """A toxic instance for one connection and direction (``spec`` already checked)."""
-    return TCP_TOXICS[spec.type](spec.attributes, now=now, rng=rng, stats=stats, fresh=fresh)
