@@ -335,23 +335,35 @@ class _StdoutReader:
             self._thread.join(timeout_s)
 
 
-class Child:
+class _Started:
+    """What both runners know of a started child."""
+
+    def __init__(self, spec: ChildSpec, pid: int, launch: _Launch) -> None:
+        self.spec = spec
+        self.pid = pid
+        self._launch = launch
+        #: name -> the first group of its banner pattern
+        self.banner: dict[str, str] = {}
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._launch.log_path
+
+    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        return _read_tail(self._launch.log_path, chars)
+
+
+class Child(_Started):
     """A child started by :func:`start_child`; a context manager that stops it."""
 
     def __init__(self, spec: ChildSpec, proc: subprocess.Popen[bytes], launch: _Launch) -> None:
-        self.spec = spec
+        super().__init__(spec, proc.pid, launch)
         self.proc = proc
-        self._launch = launch
         self._reader: _StdoutReader | None = None
         self._released = False
         self._lock = threading.RLock()  # a signal handler may stop it again
-        self.banner: dict[str, str] = {}
         #: of the child, when this runner reaped it itself (not under gevent)
         self.rusage: resource.struct_rusage | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def returncode(self) -> int | None:
@@ -365,13 +377,6 @@ class Child:
     def stdout(self) -> IO[bytes] | None:
         """Only when the spec asked for a pipe and no banner: then it is the caller's."""
         return None if self._reader is not None else self.proc.stdout
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._launch.log_path
-
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
-        return _read_tail(self._launch.log_path, chars)
 
     def has_exited(self) -> bool:
         """Exited (reaped or not); never reaps, so the pid stays ours."""
@@ -519,26 +524,13 @@ def exit_on_sigterm() -> None:
 # -- the trio runner ------------------------------------------------------------------
 
 
-class TrioChild:
+class TrioChild(_Started):
     """A child started by :func:`open_child`."""
 
     def __init__(self, spec: ChildSpec, proc: trio.Process, launch: _Launch) -> None:
-        self.spec = spec
+        super().__init__(spec, proc.pid, launch)
         self._proc = proc
-        self._launch = launch
-        self.banner: dict[str, str] = {}
         self.returncode: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._launch.log_path
-
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
-        return _read_tail(self._launch.log_path, chars)
 
     async def stop(self, grace_s: float | None = None) -> int | None:
         """As :meth:`Child.stop`, shielded from cancellation."""

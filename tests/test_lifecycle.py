@@ -44,6 +44,37 @@ READY = """
 """
 
 
+#: ignores SIGTERM
+STUBBORN = """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("listening: http://h/", flush=True)
+    print("CA: c", flush=True)
+    time.sleep(60)
+"""
+DIES = """
+    import sys
+    print("cannot listen on 127.0.0.1:1: taken", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _chatty(done: Path) -> str:
+    """Prints 16 MiB after its banner, far beyond a pipe's 64 KiB (without the drain
+    it blocks in write), then creates ``done``."""
+    return f"""
+        import sys, time
+        print("listening: http://h/", flush=True)
+        print("CA: c", flush=True)
+        chunk = b"x" * 65536 + b"\\n"
+        for _ in range(256):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        open({str(done)!r}, "w").close()
+        time.sleep(60)
+    """
+
+
 def _gone(pid: int) -> bool:
     """No such process, or a zombie (reaped by nobody we know)."""
     try:
@@ -138,11 +169,7 @@ def test_blocking_banner_never_comes_quotes_the_log() -> None:
 
 
 def test_blocking_child_dies_before_its_banner(tmp_path: Path) -> None:
-    code = """
-        import sys
-        print("cannot listen on 127.0.0.1:1: taken", file=sys.stderr)
-        sys.exit(3)
-    """
+    code = DIES
 
     class OwnError(ChildStartError):
         pass
@@ -154,19 +181,8 @@ def test_blocking_child_dies_before_its_banner(tmp_path: Path) -> None:
 
 
 def test_blocking_stdout_is_drained_after_the_banner(tmp_path: Path) -> None:
-    # 16 MiB, far beyond a pipe's 64 KiB: without the drain the child blocks in write
     done = tmp_path / "done"
-    code = f"""
-        import sys, time
-        print("listening: http://h/", flush=True)
-        print("CA: c", flush=True)
-        chunk = b"x" * 65536 + b"\\n"
-        for _ in range(256):
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
-        open({str(done)!r}, "w").close()
-        time.sleep(60)
-    """
+    code = _chatty(done)
     with start_child(_spec(code)):
         deadline = time.monotonic() + 20
         while not done.exists() and time.monotonic() < deadline:
@@ -175,13 +191,7 @@ def test_blocking_stdout_is_drained_after_the_banner(tmp_path: Path) -> None:
 
 
 def test_blocking_terminate_then_kill() -> None:
-    code = """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("listening: http://h/", flush=True)
-        print("CA: c", flush=True)
-        time.sleep(60)
-    """
+    code = STUBBORN
     child = start_child(_spec(code))
     started = time.monotonic()
     assert child.stop(grace_s=0.5) == -signal.SIGKILL
@@ -356,11 +366,7 @@ async def test_trio_banner_never_comes() -> None:
 
 
 async def test_trio_child_dies_before_its_banner() -> None:
-    code = """
-        import sys
-        print("cannot listen", file=sys.stderr)
-        sys.exit(3)
-    """
+    code = DIES
     with pytest.raises(ChildStartError, match="exited with status 3 before its banner") as info:
         async with open_child(_spec(code)):
             pytest.fail("the child died")
@@ -369,17 +375,7 @@ async def test_trio_child_dies_before_its_banner() -> None:
 
 async def test_trio_stdout_is_drained_after_the_banner(tmp_path: Path) -> None:
     done = tmp_path / "done"
-    code = f"""
-        import sys, time
-        print("listening: http://h/", flush=True)
-        print("CA: c", flush=True)
-        chunk = b"x" * 65536 + b"\\n"
-        for _ in range(256):
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
-        open({str(done)!r}, "w").close()
-        time.sleep(60)
-    """
+    code = _chatty(done)
     async with open_child(_spec(code)):
         with trio.fail_after(20):
             while not done.exists():
@@ -387,13 +383,7 @@ async def test_trio_stdout_is_drained_after_the_banner(tmp_path: Path) -> None:
 
 
 async def test_trio_terminate_then_kill_shielded_from_cancellation() -> None:
-    code = """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("listening: http://h/", flush=True)
-        print("CA: c", flush=True)
-        time.sleep(60)
-    """
+    code = STUBBORN
     with trio.move_on_after(0.5):
         async with open_child(_spec(code, stop_grace_s=0.5)) as child:
             await trio.sleep_forever()

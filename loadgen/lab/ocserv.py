@@ -53,8 +53,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from loadgen.gateway.pki import KeyType, ServerPki, make_server_pki
 from loadgen.lab.netns import in_private_netns
-from loadgen.lab.pki import KeyType, ServerPki, make_server_pki
 from loadgen.lifecycle import Child, ChildSpec, start_child
 
 __all__ = [

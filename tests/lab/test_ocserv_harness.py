@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from loadgen.gateway.pki import make_server_pki
 from loadgen.lab import ocserv as ocserv_mod
 from loadgen.lab.netns import can_create_netns, enter_private_netns, in_private_netns
 from loadgen.lab.ocserv import (
@@ -32,7 +33,6 @@ from loadgen.lab.ocserv import (
     OcservStartError,
     write_openconnect_script,
 )
-from loadgen.lab.pki import make_server_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
