@@ -462,3 +462,78 @@ def test_any_datagrams_through_any_toxic(
     if type_ == "hello_delay" and toxicity == 1.0:
         handshakes = [d for d in datagrams if is_handshake_datagram(d)]
         assert [d for d in out if is_handshake_datagram(d)] == handshakes
+
+
+# -- held bytes are kept as datagrams move: they must match a recount -------------------
+
+_DATAGRAM_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["datagram", "handshake", "timer", "update", "remove_first"]),
+        st.integers(1, 1500),
+        st.floats(0, 0.2),
+    ),
+    max_size=40,
+)
+
+
+def _recount(c: DatagramChain) -> int:
+    toxics = [s.toxic for s in c._stages]
+    inside = sum(len(d) for t in toxics for d in [*t._out, *(d for _, d in t._queue)])
+    return inside + sum(len(d) for d in c._out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_DATAGRAM_OPS, seed=st.integers(0, 2**32), toxicity=st.sampled_from([0.5, 1.0]))
+def test_held_bytes_match_a_recount(
+    ops: list[tuple[str, int, float]], seed: int, toxicity: float
+) -> None:
+    specs = [
+        spec("duplicate", "dup", toxicity, percentage=50, copies=2),
+        spec("latency", "lat", toxicity, latency=50, jitter=40),
+        spec("reorder", "reo", toxicity, gap=2, delay=30),
+        spec("hello_delay", "hel", toxicity, delay=100),
+        spec("rate", "rat", toxicity, packets_per_second=50),
+        spec("loss", "los", toxicity, percentage=10),
+    ]
+    c = chain(*specs, seed=seed)
+    now = 0.0
+    for op, size, dt in ops:
+        now += dt
+        if op in ("datagram", "handshake"):
+            c.receive((HELLO[:1] if op == "handshake" else b"\x17") + b"x" * (size - 1), now)
+        elif op == "timer":
+            c.datagrams_to_send(now)
+        elif op == "update":
+            if "lat" in c.names:
+                c.update(spec("latency", "lat", toxicity, latency=size % 100), now)
+        elif c.names:
+            c.remove(c.names[0], now)
+        assert c.held_bytes == _recount(c), (op, now)
+
+
+def test_stats_for_sees_what_events_see() -> None:
+    """The proxies take drops and holds through ``stats_for``; tests read ``events()``:
+    both are fed by the same calls of the toxics."""
+    seen: list[DataDropped | DataHeld] = []
+
+    class Stats:
+        def __init__(self, toxic_type: str) -> None:
+            self.toxic_type = toxic_type
+
+        def dropped(self, size_bytes: int) -> None:
+            seen.append(DataDropped(toxic_type=self.toxic_type, size_bytes=size_bytes))
+
+        def held(self, delay_s: float) -> None:
+            seen.append(DataHeld(toxic_type=self.toxic_type, delay_s=delay_s))
+
+    specs = [spec("latency", "l", 0.7, latency=20, jitter=10), spec("loss", "x", percentage=30)]
+    by_events = DatagramChain(specs, rng=random.Random(9))
+    by_stats = DatagramChain(specs, rng=random.Random(9), stats_for=Stats)
+    events: list[DataDropped | DataHeld] = []
+    for i, d in enumerate(numbered(300)):
+        for c in (by_events, by_stats):
+            c.receive(d, i * 0.01)
+            c.datagrams_to_send(i * 0.01)
+        events += by_events.events()
+    assert by_stats.events() == []
+    assert seen == events and len({type(e) for e in events}) == 2

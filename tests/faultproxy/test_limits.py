@@ -262,6 +262,57 @@ async def test_udp_bytes_held_by_toxics_count_against_the_total(
             nursery.cancel_scope.cancel()
 
 
+async def test_udp_copies_made_by_a_toxic_count_against_the_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The toxics' bytes are their chain's own count: the copies a ``duplicate`` adds
+    are held bytes too, so they fill the budget, and all of it is freed on release."""
+    metrics = FaultProxyMetrics()
+    metrics.proxy_added("dtls")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await upstream.bind(("127.0.0.1", 0))
+            proxy = UdpProxy(
+                name="dtls",
+                listen="udp://127.0.0.1:0",
+                upstream=f"udp://127.0.0.1:{upstream.getsockname()[1]}",
+                metrics=metrics,
+                max_held_bytes=10_000,
+            )
+            for name, type_, attrs in (
+                ("dup", "duplicate", {"copies": 2}),
+                ("lat", "latency", {"latency": 1000}),
+            ):
+                proxy.add_toxic(
+                    ToxicSpec(name=name, type=type_, stream="upstream", attributes=attrs)
+                )
+            address: str = await nursery.start(
+                lambda task_status: proxy.serve(task_status=task_status)
+            )
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await client.connect(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+            for i in range(3):
+                await client.send(bytes([i]) * 1000)
+                await trio.sleep(0.01)
+            assert proxy.held_bytes == 9000  # three datagrams, three times each
+            await client.send(b"\x03" * 1000)  # 10 000 with it: still in the budget
+            await trio.sleep(0.01)
+            assert proxy.held_bytes == 12_000
+            await client.send(b"\x04" * 1000)  # beyond: dropped at the proxy's bound
+            await trio.sleep(0.01)
+            assert _overload(metrics, "dtls", "upstream", "queue_full") == 1
+            got: list[bytes] = []
+            with trio.move_on_after(5):
+                while len(got) < 13:
+                    got.append(await upstream.recv(65536))
+            assert [d[0] for d in got] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+            assert proxy.held_bytes == 0
+            client.close()
+            upstream.close()
+            nursery.cancel_scope.cancel()
+
+
 # -- API ----------------------------------------------------------------------------
 
 
