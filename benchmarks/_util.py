@@ -48,9 +48,13 @@ __all__ = [
     "gc_paused",
     "machine_info",
     "median",
+    "num",
     "print_table",
     "proc_cpu_s",
     "proc_rss_kib",
+    "proc_schedstat_ns",
+    "proc_stat_fields",
+    "proc_status_kib",
     "scrape",
     "spawn",
     "watch_run",
@@ -118,6 +122,11 @@ class Column:
     justify: Literal["left", "right"] = "left"
 
 
+def num(title: str) -> Column:
+    """A column of figures (right-aligned)."""
+    return Column(title=title, justify="right")
+
+
 def print_table(
     columns: Sequence[Column], rows: Sequence[Sequence[str]], *, console: Console | None = None
 ) -> None:
@@ -183,17 +192,36 @@ def spawn(
     return _start(spec)
 
 
+def proc_status_kib(pid: int, key: str) -> int:
+    """A memory line of /proc/PID/status (KiB): VmRSS, VmHWM, ..."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise BenchmarkError(f"no {key} for pid {pid}")
+
+
 def proc_rss_kib(pid: int) -> int:
     """VmRSS of a live process (KiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchmarkError(f"no VmRSS for pid {pid}")
+    return proc_status_kib(pid, "VmRSS")
+
+
+def proc_stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def proc_schedstat_ns(pid: int) -> int:
+    """CPU time of all threads of a live process, from schedstat (ns, not 10 ms ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
 
 
 def proc_cpu_s(pid: int, *, reaped_children: bool = False) -> float:
     """utime + stime of a live process (s); with the CPU of its reaped children if asked."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat_fields(pid)
     ticks = int(fields[11]) + int(fields[12])
     if reaped_children:
         ticks += int(fields[13]) + int(fields[14])

@@ -52,8 +52,11 @@ from benchmarks._util import (
     Tick,
     machine_info,
     median,
+    num,
     print_table,
     proc_rss_kib,
+    proc_schedstat_ns,
+    proc_stat_fields,
     spawn,
     watch_run,
 )
@@ -172,18 +175,6 @@ def rate_against_gateway(
 # -- ocserv -------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int | str) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _schedstat_ns(pid: int) -> int:
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total
-
-
 def group_cpu_s(pgid: int) -> float:
     """CPU of a process group: its live members, plus what the leader has reaped."""
     ticks = 0
@@ -191,7 +182,7 @@ def group_cpu_s(pgid: int) -> float:
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            f = _stat_fields(entry)
+            f = proc_stat_fields(entry)
             if int(f[2]) == pgid:
                 ticks += int(f[11]) + int(f[12])
                 if int(entry) == pgid:
@@ -336,8 +327,8 @@ def openconnect_pool(
         for oc in ups:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 # schedstat (ns) of its threads: ticks would round 18 ms to 10 or 20
-                client_ns += _schedstat_ns(oc.proc.pid)
-                f = _stat_fields(oc.proc.pid)
+                client_ns += proc_schedstat_ns(oc.proc.pid)
+                f = proc_stat_fields(oc.proc.pid)
                 client_ns += (int(f[13]) + int(f[14])) * 10**9 // _CLK_TCK  # its reaped script
                 rss += proc_rss_kib(oc.proc.pid)
         ocpu = group_cpu_s(pgid) - cpu0
@@ -392,10 +383,6 @@ def part_ocserv(sessions: int, parallel: Sequence[int], repeat: int) -> list[Ocs
 # -- report -------------------------------------------------------------------------------
 
 
-def _num(title: str) -> Column:
-    return Column(title=title, justify="right")
-
-
 def _med(values: Sequence[float | None], fmt: str = "{:.1f}") -> str:
     vs = [v for v in values if v is not None and not math.isnan(v)]
     if not vs:
@@ -431,17 +418,17 @@ def report_gateway(results: list[RateResult]) -> None:
     print_table(
         [
             Column(title="target"),
-            _num("--rate"),
-            _num("sessions"),
-            _num("sustained/s"),
-            _num("all up s"),
-            _num("failed"),
-            _num("connect p50 ms"),
-            _num("p95 ms"),
-            _num("client CPU ms/conn"),
-            _num("gateway CPU ms/conn"),
-            _num("client cores"),
-            _num("gateway cores"),
+            num("--rate"),
+            num("sessions"),
+            num("sustained/s"),
+            num("all up s"),
+            num("failed"),
+            num("connect p50 ms"),
+            num("p95 ms"),
+            num("client CPU ms/conn"),
+            num("gateway CPU ms/conn"),
+            num("client cores"),
+            num("gateway cores"),
             Column(title="saturated"),
         ],
         rows,
@@ -471,13 +458,13 @@ def report_ocserv(results: list[OcservRate]) -> None:
     print_table(
         [
             Column(title="client"),
-            _num("sessions"),
-            _num("up/asked"),
-            _num("sessions/s"),
-            _num("span s"),
-            _num("client CPU ms/session"),
-            _num("ocserv CPU ms/session"),
-            _num("client RSS MiB/tunnel"),
+            num("sessions"),
+            num("up/asked"),
+            num("sessions/s"),
+            num("span s"),
+            num("client CPU ms/session"),
+            num("ocserv CPU ms/session"),
+            num("client RSS MiB/tunnel"),
         ],
         rows,
     )

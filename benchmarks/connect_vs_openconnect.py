@@ -75,7 +75,10 @@ from benchmarks._util import (
     LineReader,
     machine_info,
     median,
+    num,
     print_table,
+    proc_schedstat_ns,
+    proc_status_kib,
     spawn,
 )
 from loadgen import lifecycle
@@ -171,19 +174,11 @@ def _left(t0: float, timeout_s: float) -> float:
 
 
 def _cpu_ms(pid: int) -> float:
-    """CPU time of all threads of a running process, from schedstat (ns, not 10 ms ticks)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total / 1e6
+    return proc_schedstat_ns(pid) / 1e6
 
 
 def _vmhwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchmarkError(f"no VmHWM for pid {pid}")
+    return proc_status_kib(pid, "VmHWM") / 1024
 
 
 def _iface_up(name: str) -> bool:
@@ -442,10 +437,6 @@ def _spread(values: Sequence[float]) -> str:
     return f"{median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def _num(title: str) -> Column:
-    return Column(title=title, justify="right")
-
-
 #: (key, title, how to read it from a sample)
 _METRICS: tuple[tuple[str, str, Callable[[Sample], float | None]], ...] = (
     ("start", "start → DTLS ms", lambda s: s.start_to_dtls_ms),
@@ -479,8 +470,8 @@ def report(samples: Sequence[Sample]) -> None:
     print_table(
         [
             Column(title="client"),
-            _num("runs"),
-            *(_num(t) for _, t, _ in _METRICS),
+            num("runs"),
+            *(num(t) for _, t, _ in _METRICS),
             Column(title="DTLS"),
         ],
         [
@@ -504,7 +495,7 @@ def report(samples: Sequence[Sample]) -> None:
 
         print("\nRatios loadgen / openconnect (of the medians):\n")
         print_table(
-            [Column(title="client"), *(_num(t.rsplit(" ", 1)[0]) for _, t, _ in _METRICS)],
+            [Column(title="client"), *(num(t.rsplit(" ", 1)[0]) for _, t, _ in _METRICS)],
             [
                 [c, *(ratio(figs[c][k], oc[k]) for k, _, _ in _METRICS)]
                 for c in groups
@@ -513,7 +504,7 @@ def report(samples: Sequence[Sample]) -> None:
         )
     print("\nWhere the time goes (ms):\n")
     print_table(
-        [Column(title="client"), *(_num(t) for _, t in _STEPS)],
+        [Column(title="client"), *(num(t) for _, t in _STEPS)],
         [
             [c, *(_spread([s.steps_ms[k] for s in g if k in s.steps_ms]) for k, _ in _STEPS)]
             for c, g in groups.items()

@@ -58,6 +58,7 @@ from benchmarks._util import (
     Tick,
     machine_info,
     median,
+    num,
     print_table,
     proc_rss_kib,
     spawn,
@@ -572,10 +573,6 @@ def part_gateway(sessions: int, rate: float, budget_s: float) -> GatewayResult:
 # -- report ---------------------------------------------------------------------------------
 
 
-def _num(title: str) -> Column:
-    return Column(title=title, justify="right")
-
-
 def _spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     if not values:
         return "—"
@@ -588,7 +585,7 @@ def report_memory(results: list[MemoryResult]) -> None:
     print("\nClient memory per established idle tunnel (DTLS up), reference gateway apart:\n")
     r0 = results[0]
     print_table(
-        [Column(title="figure"), _num("median (min-max)")],
+        [Column(title="figure"), num("median (min-max)")],
         [
             ["sessions held (DTLS / CSTP / failed)", f"{r0.dtls} / {r0.cstp} / {r0.failed}"],
             ["client RSS before, MiB", _spread([r.client_rss_before_mib for r in results])],
@@ -619,7 +616,7 @@ def report_memory(results: list[MemoryResult]) -> None:
         rows.append(
             ["(the rest)", f"{sum(b for _, b, _ in rest):,.0f}", f"{sum(n for *_, n in rest):.1f}"]
         )
-        print_table([Column(title="file"), _num("bytes"), _num("blocks")], rows)
+        print_table([Column(title="file"), num("bytes"), num("blocks")], rows)
         owners: dict[str, float] = {}
         for f, b, _ in traced:
             owner = "trio" if "trio" in f else "loadgen" if f.startswith("loadgen/") else "other"
@@ -632,7 +629,7 @@ def report_memory(results: list[MemoryResult]) -> None:
 def report_cpu(r: CpuResult) -> None:
     print("\nClient CPU per full connect with DTLS (gateway without a profile, in-process):\n")
     print_table(
-        [Column(title="figure"), _num("ms")],
+        [Column(title="figure"), num("ms")],
         [
             ["connect + wait_dtls, CPU (median)", f"{r.connect_cpu_ms:.2f}"],
             ["connect + wait_dtls, wall (median)", f"{r.connect_wall_ms:.2f}"],
@@ -649,7 +646,7 @@ def report_cpu(r: CpuResult) -> None:
     c_ms = sum(v for k, v in r.profile if k in _C_CATEGORIES)
     scale = max(0.0, r.allin_cpu_ms - c_ms) / max(1e-9, r.profiled_ms - c_ms)
     print_table(
-        [Column(title="where"), _num("ms profiled"), _num("share"), _num("ms est. unprofiled")],
+        [Column(title="where"), num("ms profiled"), num("share"), num("ms est. unprofiled")],
         [
             [
                 k,
@@ -666,7 +663,7 @@ def report_cpu(r: CpuResult) -> None:
     )
     print("\nTop functions by own time:\n")
     print_table(
-        [Column(title="function"), _num("ms per session"), _num("calls")],
+        [Column(title="function"), num("ms per session"), num("calls")],
         [[n, f"{t:.3f}", str(c)] for n, t, c in r.top],
     )
 
@@ -695,14 +692,14 @@ def report_echo(results: list[EchoResult]) -> None:
     print_table(
         [
             Column(title="channel"),
-            _num("sessionsxburst"),
-            _num("RT/s"),
-            _num("client cores"),
-            _num("RT per client CPU-s"),
-            _num("gateway cores"),
-            _num("RT per gateway CPU-s"),
-            _num("RTT p50 ms"),
-            _num("lost"),
+            num("sessionsxburst"),
+            num("RT/s"),
+            num("client cores"),
+            num("RT per client CPU-s"),
+            num("gateway cores"),
+            num("RT per gateway CPU-s"),
+            num("RTT p50 ms"),
+            num("lost"),
             Column(title="saturated"),
         ],
         rows,
@@ -712,7 +709,7 @@ def report_echo(results: list[EchoResult]) -> None:
 def report_gateway(r: GatewayResult) -> None:
     print("\nReference gateway holding idle sessions in one process (clients: --processes 2):\n")
     print_table(
-        [Column(title="figure"), _num("value")],
+        [Column(title="figure"), num("value")],
         [
             ["sessions asked / held at peak", f"{r.target:,} / {r.peak_active:,}"],
             ["gateway RSS after warm-up, MiB", f"{r.gateway_rss_before_mib:.1f}"],

@@ -48,6 +48,7 @@ from benchmarks._util import (
     free_port,
     machine_info,
     median,
+    num,
     print_table,
     proc_cpu_s,
     proc_rss_kib,
@@ -220,9 +221,9 @@ def _report(results: list[PathResult]) -> None:
     print_table(
         [
             Column(title="figure"),
-            Column(title="engine alone", justify="right"),
-            Column(title="Locust path", justify="right"),
-            Column(title="Locust / engine", justify="right"),
+            num("engine alone"),
+            num("Locust path"),
+            num("Locust / engine"),
         ],
         rows,
     )
