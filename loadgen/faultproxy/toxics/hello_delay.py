@@ -48,17 +48,13 @@ class HelloDelayToxic(TcpToxic):
             self.stats.held(self._release_at - now)
         self._schedule(item, self._release_at if self._release_at is not None else now)
 
+    # no timer of its own: while it holds, every held item is queued at _release_at
+
     def handle_timer(self, now: float) -> None:
         if self._release_at is not None and now >= self._release_at:
             self._release_at = None
             self.fresh = False  # the hello went: from now on everything flows
         super().handle_timer(now)
-
-    def get_timer(self) -> float | None:
-        queued = super().get_timer()
-        if self._release_at is None:
-            return queued
-        return self._release_at if queued is None else min(queued, self._release_at)
 
     def flush(self) -> list[Item]:
         self._release_at = None
