@@ -17,6 +17,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -215,11 +216,24 @@ async def test_udp_queues_are_bounded_in_bytes_per_flow_and_in_total() -> None:
         assert proxy.overrun_drops == 2
 
 
-async def test_udp_bytes_held_by_toxics_count_against_the_total(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """A latency toxic holds datagrams: beyond ``max_held_bytes`` new ones are dropped
-    as overload, and once they are released the budget is free again."""
+@dataclass
+class _UdpRig:
+    proxy: UdpProxy
+    metrics: FaultProxyMetrics
+    client: trio.socket.SocketType  # connected to the proxy
+    upstream: trio.socket.SocketType  # where the proxy sends
+
+    async def received(self, count: int) -> list[bytes]:
+        got: list[bytes] = []
+        with trio.move_on_after(5):
+            while len(got) < count:
+                got.append(await self.upstream.recv(65536))
+        return got
+
+
+@asynccontextmanager
+async def udp_rig(*toxics: ToxicSpec, max_held_bytes: int) -> AsyncIterator[_UdpRig]:
+    """A UDP proxy with ``toxics``, a client and an upstream socket, on loopback."""
     metrics = FaultProxyMetrics()
     metrics.proxy_added("dtls")
     with trio.fail_after(LIMIT_S):
@@ -231,35 +245,42 @@ async def test_udp_bytes_held_by_toxics_count_against_the_total(
                 listen="udp://127.0.0.1:0",
                 upstream=f"udp://127.0.0.1:{upstream.getsockname()[1]}",
                 metrics=metrics,
-                max_held_bytes=10_000,
+                max_held_bytes=max_held_bytes,
             )
-            proxy.add_toxic(
-                ToxicSpec(
-                    name="lat", type="latency", stream="upstream", attributes={"latency": 1000}
-                )
-            )
+            for toxic in toxics:
+                proxy.add_toxic(toxic)
             address: str = await nursery.start(
                 lambda task_status: proxy.serve(task_status=task_status)
             )
             client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             await client.connect(("127.0.0.1", int(address.rsplit(":", 1)[1])))
-            for i in range(20):
-                await client.send(bytes([i]) * 1000)
-            await trio.sleep(0.5)  # all in; nothing released yet
-            assert proxy.held_bytes == 10_000
-            assert _overload(metrics, "dtls", "upstream", "queue_full") == 10
-            got: list[bytes] = []
-            with trio.move_on_after(5):
-                while len(got) < 20:
-                    got.append(await upstream.recv(65536))
-            assert [d[0] for d in got] == list(range(10))  # the first ten, in order
-            assert proxy.held_bytes == 0
-            await client.send(b"x" * 1000)  # the budget is free again
-            with trio.fail_after(5):
-                assert await upstream.recv(65536) == b"x" * 1000
-            client.close()
-            upstream.close()
+            with client, upstream:
+                yield _UdpRig(proxy, metrics, client, upstream)
             nursery.cancel_scope.cancel()
+
+
+def _upstream_toxic(name: str, type_: str, **attributes: float) -> ToxicSpec:
+    return ToxicSpec(name=name, type=type_, stream="upstream", attributes=attributes)
+
+
+async def test_udp_bytes_held_by_toxics_count_against_the_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A latency toxic holds datagrams: beyond ``max_held_bytes`` new ones are dropped
+    as overload, and once they are released the budget is free again."""
+    latency = _upstream_toxic("lat", "latency", latency=1000)
+    async with udp_rig(latency, max_held_bytes=10_000) as r:
+        for i in range(20):
+            await r.client.send(bytes([i]) * 1000)
+        await trio.sleep(0.5)  # all in; nothing released yet
+        assert r.proxy.held_bytes == 10_000
+        assert _overload(r.metrics, "dtls", "upstream", "queue_full") == 10
+        got = await r.received(20)
+        assert [d[0] for d in got] == list(range(10))  # the first ten, in order
+        assert r.proxy.held_bytes == 0
+        await r.client.send(b"x" * 1000)  # the budget is free again
+        with trio.fail_after(5):
+            assert await r.upstream.recv(65536) == b"x" * 1000
 
 
 async def test_udp_copies_made_by_a_toxic_count_against_the_total(
@@ -267,50 +288,22 @@ async def test_udp_copies_made_by_a_toxic_count_against_the_total(
 ) -> None:
     """The toxics' bytes are their chain's own count: the copies a ``duplicate`` adds
     are held bytes too, so they fill the budget, and all of it is freed on release."""
-    metrics = FaultProxyMetrics()
-    metrics.proxy_added("dtls")
-    with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-            upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            await upstream.bind(("127.0.0.1", 0))
-            proxy = UdpProxy(
-                name="dtls",
-                listen="udp://127.0.0.1:0",
-                upstream=f"udp://127.0.0.1:{upstream.getsockname()[1]}",
-                metrics=metrics,
-                max_held_bytes=10_000,
-            )
-            for name, type_, attrs in (
-                ("dup", "duplicate", {"copies": 2}),
-                ("lat", "latency", {"latency": 1000}),
-            ):
-                proxy.add_toxic(
-                    ToxicSpec(name=name, type=type_, stream="upstream", attributes=attrs)
-                )
-            address: str = await nursery.start(
-                lambda task_status: proxy.serve(task_status=task_status)
-            )
-            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            await client.connect(("127.0.0.1", int(address.rsplit(":", 1)[1])))
-            for i in range(3):
-                await client.send(bytes([i]) * 1000)
-                await trio.sleep(0.01)
-            assert proxy.held_bytes == 9000  # three datagrams, three times each
-            await client.send(b"\x03" * 1000)  # 10 000 with it: still in the budget
+    duplicate = _upstream_toxic("dup", "duplicate", copies=2)
+    latency = _upstream_toxic("lat", "latency", latency=1000)
+    async with udp_rig(duplicate, latency, max_held_bytes=10_000) as r:
+        for i in range(3):
+            await r.client.send(bytes([i]) * 1000)
             await trio.sleep(0.01)
-            assert proxy.held_bytes == 12_000
-            await client.send(b"\x04" * 1000)  # beyond: dropped at the proxy's bound
-            await trio.sleep(0.01)
-            assert _overload(metrics, "dtls", "upstream", "queue_full") == 1
-            got: list[bytes] = []
-            with trio.move_on_after(5):
-                while len(got) < 13:
-                    got.append(await upstream.recv(65536))
-            assert [d[0] for d in got] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-            assert proxy.held_bytes == 0
-            client.close()
-            upstream.close()
-            nursery.cancel_scope.cancel()
+        assert r.proxy.held_bytes == 9000  # three datagrams, three times each
+        await r.client.send(b"\x03" * 1000)  # 10 000 with it: still in the budget
+        await trio.sleep(0.01)
+        assert r.proxy.held_bytes == 12_000
+        await r.client.send(b"\x04" * 1000)  # beyond: dropped at the proxy's bound
+        await trio.sleep(0.01)
+        assert _overload(r.metrics, "dtls", "upstream", "queue_full") == 1
+        got = await r.received(13)
+        assert [d[0] for d in got] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        assert r.proxy.held_bytes == 0
 
 
 # -- API ----------------------------------------------------------------------------
