@@ -1,35 +1,28 @@
 """One child-process lifecycle: spawn, readiness banner, exit with the parent, stdout
 drained, terminate then kill.
 
-Every launcher of a child (the embedded gateway, the fault proxy, the Locust
-sidecar, the benchmarks, the test fixtures, the ocserv lab) describes it with a
+Every launcher (the embedded gateway, the fault proxy, the Locust sidecar, the
+benchmarks, the test fixtures, the ocserv lab) describes its child with a
 :class:`ChildSpec` and runs it with one of two runners:
 
 * :func:`start_child` (blocking) returns a :class:`Child`.  Written with
   ``subprocess``, ``selectors``, ``threading`` and ``time`` only, so that under
   gevent's monkey-patching (a Locust process) the same code is cooperative: the
-  patched modules turn the stdout reader thread into a greenlet and every wait
-  into a hub switch.  Nothing here imports trio at module level.
-* :func:`open_child` (trio) is an async context manager yielding a
-  :class:`TrioChild`; its stdout is drained by a task.
+  stdout reader thread becomes a greenlet, every wait a hub switch.  Nothing
+  here imports trio at module level.
+* :func:`open_child` (trio) yields a :class:`TrioChild`; a task drains stdout.
 
-Readiness is a banner: regexes matched against whole stdout lines; the first
-group of each is kept (``child.banner[name]``).  Once it is complete, stdout is
-still read and dropped, since a full pipe would block the child.  A child that
-exits, closes its stdout or times out before its banner raises the spec's
-``error`` with the reason and the tail of its stderr log (a file in a private
-temporary directory unless the spec names one).
+Readiness is a banner: regexes matched against whole stdout lines.  After it,
+stdout is still read and dropped (a full pipe would block the child).  No banner
+in time, or an exit first, raises the spec's ``error`` with the reason and the
+tail of the child's stderr log.  Our own commands exit with their parent
+(``--exit-with-parent PID``, :func:`watch_parent`): PR_SET_PDEATHSIG is only an
+option of the blocking runner from the main thread, since trio forks from a
+worker thread and the signal fires when the forking thread ends.
 
-Exit with the parent: our own commands take ``--exit-with-parent PID`` (the
-sidecar ``--parent-pid``) and poll their parent (:func:`watch_parent`).
-PR_SET_PDEATHSIG is only an option for the blocking runner from the main
-thread: trio starts processes from a worker thread, and the signal fires when
-the forking thread ends.
-
-Stop: the stop signal (SIGTERM), up to a grace period, then SIGKILL (to the whole
-process group when the child got a session of its own, swept while the leader
-is still unreaped so that its group id cannot be reused), always reaped,
-idempotent; shielded from cancellation in trio.
+Stop: the stop signal, a grace period, SIGKILL (to the whole process group for a
+child in a session of its own, swept while the leader is unreaped so that its
+group id cannot be reused), always reaped, idempotent; shielded in trio.
 """
 
 from __future__ import annotations
@@ -304,7 +297,6 @@ class _StdoutReader:
         self._fd = fd
         self.scanner = scanner
         self.ready = threading.Event()  # banner complete, or EOF
-        self.eof = False
         self._closing = False
         os.set_blocking(fd, False)
         self._thread = threading.Thread(target=self._run, name="child-stdout", daemon=True)
@@ -326,7 +318,6 @@ class _StdoutReader:
                     break
                 if not self.ready.is_set() and self.scanner.feed(data):
                     self.ready.set()
-        self.eof = True
         self.ready.set()
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -351,6 +342,18 @@ class _Started:
 
     def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
         return _read_tail(self._launch.log_path, chars)
+
+    def _reaped_status(self) -> int | None:
+        raise NotImplementedError
+
+    def has_exited(self) -> bool:
+        """Exited (reaped or not); never reaps, so the pid stays ours."""
+        return self._reaped_status() is not None or _exited(self.pid)
+
+    def send_signal(self, sig: int) -> None:
+        if not self.has_exited():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
 
 class Child(_Started):
@@ -378,9 +381,8 @@ class Child(_Started):
         """Only when the spec asked for a pipe and no banner: then it is the caller's."""
         return None if self._reader is not None else self.proc.stdout
 
-    def has_exited(self) -> bool:
-        """Exited (reaped or not); never reaps, so the pid stays ours."""
-        return self.proc.returncode is not None or _exited(self.pid)
+    def _reaped_status(self) -> int | None:
+        return self.proc.returncode
 
     def wait_exited(self, timeout_s: float) -> bool:
         """Wait (bounded) for the exit without reaping (the zombie's figures stay
@@ -398,11 +400,6 @@ class Child(_Started):
 
     def poll(self) -> int | None:
         return self.proc.poll()
-
-    def send_signal(self, sig: int) -> None:
-        if not self.has_exited():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
 
     def _await_banner(self) -> None:
         assert self.proc.stdout is not None
@@ -530,24 +527,37 @@ class TrioChild(_Started):
     def __init__(self, spec: ChildSpec, proc: trio.Process, launch: _Launch) -> None:
         super().__init__(spec, proc.pid, launch)
         self._proc = proc
+        self._stopped = False
         self.returncode: int | None = None
+        #: the pipes the spec asked for (stdout: only without a banner)
+        self.stdin = proc.stdin
+        self.stdout = None if spec.banner else proc.stdout
+
+    def _reaped_status(self) -> int | None:
+        return self.returncode
+
+    async def wait(self) -> int:
+        """Wait for the exit and reap."""
+        self.returncode = await self._proc.wait()
+        return self.returncode
 
     async def stop(self, grace_s: float | None = None) -> int | None:
         """As :meth:`Child.stop`, shielded from cancellation."""
         import trio
 
-        if self.returncode is not None:
-            return self.returncode
         with trio.CancelScope(shield=True):
+            if self._stopped:
+                return self.returncode
             for pause in _stop_sequence(
                 self.pid,
                 sig=self.spec.stop_signal,
                 grace_s=self.spec.stop_grace_s if grace_s is None else grace_s,
                 group=self.spec.new_session,
-                reaped=False,
+                reaped=self.returncode is not None,
             ):
                 await trio.sleep(pause)
-            self.returncode = await self._proc.wait()
+            await self.wait()
+            self._stopped = True
         return self.returncode
 
 

@@ -402,3 +402,30 @@ async def test_trio_refuses_pdeathsig() -> None:
     with pytest.raises(ValueError, match="blocking runner"):
         async with open_child(_spec(READY, pdeathsig=signal.SIGKILL)):
             pass
+
+
+async def test_trio_given_pipes_no_banner() -> None:
+    """``loadgen run --processes``'s way: a password on stdin, status lines on stdout."""
+    code = """
+        import sys
+        print(sys.stdin.readline().strip().upper(), flush=True)
+    """
+    spec = ChildSpec(
+        name="piped",
+        argv=_python(code),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        new_session=True,
+    )
+    async with open_child(spec) as child:
+        assert child.stdin is not None and child.stdout is not None
+        await child.stdin.send_all(b"secret\n")
+        await child.stdin.aclose()
+        with trio.fail_after(10):
+            out = b""
+            while chunk := await child.stdout.receive_some(100):
+                out += chunk
+            assert out == b"SECRET\n"
+            assert await child.wait() == 0
+    assert child.returncode == 0
