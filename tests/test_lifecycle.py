@@ -194,8 +194,8 @@ def test_blocking_terminate_then_kill() -> None:
     code = STUBBORN
     child = start_child(_spec(code))
     started = time.monotonic()
-    assert child.stop(grace_s=0.5) == -signal.SIGKILL
-    assert 0.4 < time.monotonic() - started < 5
+    assert child.stop(grace_s=0.3) == -signal.SIGKILL
+    assert 0.25 < time.monotonic() - started < 5
 
 
 def test_blocking_new_session_sweeps_the_group(tmp_path: Path) -> None:
@@ -325,13 +325,13 @@ def test_the_blocking_runner_is_cooperative_under_gevent() -> None:
                 ticks.append(time.monotonic())
                 gevent.sleep(0.05)
         gevent.spawn(tick)
-        slow = "import time; time.sleep(1.0); print('listening: x', flush=True); time.sleep(60)"
+        slow = "import time; time.sleep(0.5); print('listening: x', flush=True); time.sleep(60)"
         spec = ChildSpec(name="c", argv=[sys.executable, "-c", slow],
                          banner={"url": re.compile(r"listening: (\\S+)")})
         with start_child(spec) as child:
             assert child.banner == {"url": "x"}
             during = len(ticks)
-        assert during >= 10, during
+        assert during >= 5, during
         assert child.returncode == -15
         print("ok")
     """
@@ -384,8 +384,9 @@ async def test_trio_stdout_is_drained_after_the_banner(tmp_path: Path) -> None:
 
 async def test_trio_terminate_then_kill_shielded_from_cancellation() -> None:
     code = STUBBORN
-    with trio.move_on_after(0.5):
-        async with open_child(_spec(code, stop_grace_s=0.5)) as child:
+    with trio.CancelScope() as scope:
+        async with open_child(_spec(code, stop_grace_s=0.3)) as child:
+            scope.cancel()  # the stop below runs in a cancelled scope
             await trio.sleep_forever()
     assert child.returncode == -signal.SIGKILL
     assert _gone(child.pid)
