@@ -28,6 +28,7 @@ from rich.live import Live
 
 from loadgen.cli.progress import Progress, print_summary
 from loadgen.gateway.embedded import embedded_gateway
+from loadgen.lifecycle import ChildSpec, TrioChild, open_child
 from loadgen.metrics.summary import build_summary, generator_from_samples, merge, parse_exposition
 from loadgen.metrics.thresholds import Threshold, evaluate
 from loadgen.options import ClientOptions, Front, to_argv
@@ -89,7 +90,7 @@ async def _spawn_all(
     console = Console(stderr=True)
     statuses: list[dict[str, Any]] = [{} for _ in range(n)]
     codes: list[int | None] = [None] * n
-    procs: list[trio.Process | None] = [None] * n
+    procs: list[TrioChild | None] = [None] * n
     password = opts.password or ""
     with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
         expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
@@ -119,16 +120,16 @@ async def _spawn_all(
     return 0 if all(r.passed for r in results) else 1
 
 
-async def _forward_signals(procs: list[trio.Process | None], console: Console) -> None:
+async def _forward_signals(procs: list[TrioChild | None], console: Console) -> None:
     """Ctrl-C (or SIGTERM) once: each engine stops cleanly and the merged summary
     still comes; twice: abort.  The engines live in their own sessions, so a
     terminal's Ctrl-C reaches them only this way, once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             console.print("stopping: sessions disconnect, the summary follows (again to abort)")
-            for proc in procs:
-                if proc is not None and proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
+            for child in procs:
+                if child is not None:
+                    child.send_signal(signal.SIGTERM)
             break
         async for _ in signals:
             raise KeyboardInterrupt
@@ -139,27 +140,29 @@ async def _child(
     password: str,
     statuses: list[dict[str, Any]],
     codes: list[int | None],
-    procs: list[trio.Process | None],
+    procs: list[TrioChild | None],
     *,
     k: int,
 ) -> None:
-    proc = await trio.lowlevel.open_process(
-        argv,
+    """Engine process ``k``: its password on stdin, its status lines on stdout."""
+    spec = ChildSpec(
+        name=f"engine process {k}",
+        argv=argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=None,
-        start_new_session=True,
+        stderr=None,  # the parent's: its messages reach the user
+        new_session=True,
+        parent_flag="--exit-with-parent",
+        # the sessions' DISCONNECTs come first (the run's stop grace)
+        stop_grace_s=15.0,
     )
-    procs[k] = proc
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        await proc.stdin.send_all(password.encode() + b"\n")
-        await proc.stdin.aclose()
+    async with open_child(spec) as child:
+        procs[k] = child
+        assert child.stdin is not None and child.stdout is not None
+        await child.stdin.send_all(password.encode() + b"\n")
+        await child.stdin.aclose()
         buf = b""
-        while True:
-            chunk = await proc.stdout.receive_some(65536)
-            if not chunk:
-                break
+        while chunk := await child.stdout.receive_some(65536):
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
@@ -167,16 +170,7 @@ async def _child(
                     statuses[k] = json.loads(line)
                 except ValueError:
                     continue
-        codes[k] = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            with trio.CancelScope(shield=True):
-                proc.terminate()
-                with trio.move_on_after(15):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+        codes[k] = await child.wait()
 
 
 #: status fields summed over the engine processes

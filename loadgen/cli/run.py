@@ -47,6 +47,7 @@ from loadgen.engine.profile import SessionProfile
 from loadgen.engine.swarm import Identity, StormSpec, Swarm, SwarmConfig
 from loadgen.engine.url import parse_gateway_url
 from loadgen.gateway.embedded import embedded_gateway
+from loadgen.lifecycle import watch_parent
 from loadgen.metrics.client import ClientMetrics
 from loadgen.metrics.lag import SaturationDetector, generator_stats, monitor_loop_lag
 from loadgen.metrics.summary import build_summary, samples_from_registry
@@ -162,6 +163,7 @@ def add_parser(sub: Any) -> None:
     # internal: one engine process of --processes N
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--exposition", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.set_defaults(func=_main)
 
 
@@ -332,6 +334,8 @@ async def _run_against(
     detector = SaturationDetector(metrics=metrics)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, swarm, console)
+        if args.exit_with_parent is not None:
+            nursery.start_soon(_watch_parent, args.exit_with_parent, swarm)
         nursery.start_soon(lambda: monitor_loop_lag(metrics, detector=detector))
         nursery.start_soon(_report, args, swarm, registry, detector, console)
         await swarm.run()
@@ -355,6 +359,13 @@ async def _run_against(
         console.print(f"keeping /metrics up for {args.linger:g} s")
         await trio.sleep(args.linger)
     return EXIT_OK if all(r.passed for r in results) else EXIT_THRESHOLDS
+
+
+async def _watch_parent(parent_pid: int, swarm: Swarm) -> None:
+    """An engine process of ``--processes`` whose parent is gone stops its run."""
+    gone = trio.Event()
+    await watch_parent(parent_pid, gone)
+    swarm.stop()
 
 
 async def _watch_signals(swarm: Swarm, console: Console) -> None:

@@ -186,7 +186,9 @@ def test_every_dashboard_query_and_rule_returns_data(tmp_path: Path) -> None:
                     "uniform:6-12",
                     "--duration",
                     str(RUN_S),
-                    "--echo-interval",
+                    "--password",
+                    "any",  # the reference gateway accepts any
+                    "--echo-every",
                     "1",
                     "--echo-timeout",
                     "1",
