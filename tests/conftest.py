@@ -1,7 +1,7 @@
 """Test session setup: the private network namespace and the interop policy.
 
 As root, the whole test process moves into a fresh network namespace before
-any test runs (tests/helpers/netns.py), so ocserv, openconnect, their tun
+any test runs (loadgen/lab/netns.py), so ocserv, openconnect, their tun
 devices and every socket a test opens live on that namespace's loopback only.
 
 Interop tests (marker ``interop``) need root and the real ocserv/openconnect.
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from tests.helpers.netns import NetnsError, enter_private_netns, in_private_netns
+from loadgen.lab.netns import NetnsError, enter_private_netns, in_private_netns
 
 _MODE_KEY = pytest.StashKey[str]()
 

@@ -26,6 +26,7 @@ from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import FallbackReason, Phase, Reason, SessionFailedError
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.server import Gateway
+from loadgen.lab.netns import in_private_netns
 from loadgen.proto.auth_server import AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.cstp import CstpConnection, DisconnectReason
 from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
@@ -33,7 +34,6 @@ from loadgen.proto.errors import BadPacketError
 from loadgen.proto.packets import build_udp, parse_ipv4_untrusted, parse_udp_untrusted
 from loadgen.proto.tunnel import ConnectRequest
 from tests.helpers.gateway import start_gateway, url_of
-from tests.helpers.netns import in_private_netns
 
 #: IPv4 header + ICMP header + the echoer's 56-byte payload
 ECHO_PACKET_BYTES = 84

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from loadgen.lab.ocserv import write_openconnect_script
 from tests.helpers.gateway import GatewayProcess, gateway_process
-from tests.helpers.ocserv import write_openconnect_script
 
 pytestmark = pytest.mark.interop
 

@@ -20,8 +20,8 @@ from loadgen.engine.session import SessionConfig, open_session
 from loadgen.engine.tls import TlsOptions, build_client_context
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.lab.ocserv import OcservConfig, OcservServer
 from loadgen.proto.cstp import DisconnectReason
-from tests.helpers.ocserv import OcservConfig, OcservServer
 
 pytestmark = pytest.mark.interop
 

@@ -17,8 +17,8 @@ from loadgen.engine.session import SessionConfig, open_session
 from loadgen.engine.tls import TlsOptions, build_client_context
 from loadgen.engine.url import parse_gateway_url
 from loadgen.failures import FallbackReason, Phase
+from loadgen.lab.ocserv import OcservConfig, OcservServer
 from loadgen.proto.cstp import DisconnectReason
-from tests.helpers.ocserv import OcservConfig, OcservServer
 from tests.interop.test_ocserv_connect import _require_ocserv, loadgen_connect
 
 pytestmark = pytest.mark.interop

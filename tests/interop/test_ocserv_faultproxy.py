@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from loadgen.lab.ocserv import OcservConfig, OcservServer
 from tests.faultproxy.test_e2e_gateway import (
     DTLS_PROXY,
     SHORT_SCHEDULE,
@@ -29,7 +30,6 @@ from tests.faultproxy.test_e2e_gateway import (
     scrape,
 )
 from tests.faultproxy.test_e2e_gateway import connect_json as _connect_json
-from tests.helpers.ocserv import OcservConfig, OcservServer
 from tests.interop.test_ocserv_connect import _require_ocserv
 
 pytestmark = pytest.mark.interop

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from loadgen.lab.ocserv import OcservConfig, OcservServer
 from tests.helpers.locust_run import (
     PHASES,
     ROOT,
@@ -24,7 +25,6 @@ from tests.helpers.locust_run import (
     stats_rows,
     wait_none_left,
 )
-from tests.helpers.ocserv import OcservConfig, OcservServer
 from tests.interop.test_ocserv_connect import _require_ocserv
 
 pytestmark = pytest.mark.interop

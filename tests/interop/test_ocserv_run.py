@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
+from loadgen.lab.ocserv import OcservConfig, OcservServer
 from loadgen.metrics.summary import Samples, parse_exposition
-from tests.helpers.ocserv import OcservConfig, OcservServer
 from tests.interop.test_ocserv_connect import _require_ocserv
 
 pytestmark = pytest.mark.interop
