@@ -218,7 +218,11 @@ class ToxicChain(abc.ABC, Generic[T]):
                 for item in items:
                     toxic.receive(item, now)
             toxic.handle_timer(now)
-            items = items + toxic.take_output() if per_item else toxic.take_output()
+            out = toxic.take_output()
+            if per_item and items:
+                items += out  # a fresh list from _per_item
+            else:
+                items = out
         if items:
             self._out.extend(items)
 

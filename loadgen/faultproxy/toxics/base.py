@@ -136,7 +136,8 @@ class TcpToxic(Toxic[Item]):
         """Release ``item`` at ``at``, never before an item scheduled earlier."""
         at = max(at, self._last_release)
         self._last_release = at
-        self._enqueue(item, at)
+        self._queue.append((at, item))  # _enqueue, inline: this runs for every chunk
+        self._held += item_size(item)
         return at
 
     def _close(self, *, reset: bool, at: float) -> None:
