@@ -65,6 +65,7 @@ __all__ = [
     "TrioChild",
     "exit_on_sigterm",
     "open_child",
+    "serve_until_stopped",
     "start_child",
     "stop_all",
     "tag",
@@ -643,6 +644,23 @@ async def watch_signals(
         async for _ in signals:
             stop.set()
             return
+
+
+async def serve_until_stopped(
+    nursery: trio.Nursery, banner: Sequence[str], *, parent_pid: int | None
+) -> None:
+    """Our own server command, serving: print its ``banner`` lines (what the parent
+    waits for), then wait for SIGTERM, SIGINT or, with ``parent_pid``, the parent's end."""
+    import trio
+
+    stop = trio.Event()
+    if parent_pid is not None:
+        nursery.start_soon(watch_parent, parent_pid, stop)
+    # before the banner: a parent may send SIGTERM as soon as it has read it
+    await nursery.start(watch_signals, stop)
+    for line in banner:
+        print(line, flush=True)
+    await stop.wait()
 
 
 async def watch_parent(parent_pid: int, stop: trio.Event) -> None:

@@ -13,6 +13,7 @@ import trio
 from loadgen.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    against_target,
     client_options,
     read_password,
 )
@@ -21,7 +22,6 @@ from loadgen.engine.profile import SessionProfile
 from loadgen.engine.runner import SessionRunner
 from loadgen.engine.session import SessionConfig, VpnSession, open_session
 from loadgen.engine.stats import percentile
-from loadgen.gateway.embedded import embedded_gateway
 from loadgen.options import ClientOptions, Front, add_arguments
 from loadgen.proto.cstp import DisconnectReason
 
@@ -60,15 +60,19 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     opts = client_options(parser, args, Front.CONNECT)
     password = read_password(parser, opts, embedded=args.url is None)
     opts = dataclasses.replace(opts, password=password, password_stdin=False)
+    if args.url is not None:
+        try:
+            SessionProfile(opts, args.url)  # a bad URL or CA file: usage, before any traffic
+        except ValueError as exc:
+            parser.error(str(exc))
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"cannot load --cafile: {exc}")
+    report = trio.run(against_target, args.url, opts, _connect)
     if args.url is None:
-        return _output(trio.run(_run_embedded, opts), args)
-    try:
-        profile = SessionProfile(opts, args.url)
-    except ValueError as exc:
-        parser.error(str(exc))
-    except (OSError, ssl.SSLError) as exc:
-        parser.error(f"cannot load --cafile: {exc}")
-    return _output(trio.run(run_connect, profile, _config(profile)), args)
+        report["gateway"] = report.pop("url")
+    else:
+        del report["url"]
+    return _output(report, args)
 
 
 def _config(profile: SessionProfile) -> SessionConfig:
@@ -86,13 +90,11 @@ def _output(report: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
-async def _run_embedded(opts: ClientOptions) -> dict[str, Any]:
-    """No URL: start the reference gateway (accept-any) and connect to it."""
-    async with embedded_gateway() as gw:
-        profile = SessionProfile(dataclasses.replace(opts, cafile=str(gw.ca_path)), gw.url)
-        report = await run_connect(profile, _config(profile))
-        report["gateway"] = gw.url
-        return report
+async def _connect(opts: ClientOptions, url: str) -> dict[str, Any]:
+    profile = SessionProfile(opts, url)
+    report = await run_connect(profile, _config(profile))
+    report["url"] = url
+    return report
 
 
 async def run_connect(profile: SessionProfile, cfg: SessionConfig) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import random
@@ -13,11 +12,12 @@ from typing import Any
 
 import trio
 
+from loadgen.cli.common import log_to_stderr, run_server
 from loadgen.faultproxy.api import FaultProxyApi
 from loadgen.faultproxy.metrics import FaultProxyMetrics
 from loadgen.faultproxy.model import ApiError, ProxySpec
 from loadgen.faultproxy.registry import ProxyRegistry
-from loadgen.lifecycle import watch_parent, watch_signals
+from loadgen.lifecycle import serve_until_stopped
 
 __all__ = ["BANNER_PREFIX", "add_parser", "load_config"]
 
@@ -117,22 +117,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"loadgen faultproxy: bad --config: {exc}", file=sys.stderr)
             return 2
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    log_to_stderr(args.verbose)
     rng = random.Random(args.seed) if args.seed is not None else random.Random()
-    ok = True  # a KeyboardInterrupt is a normal stop too
-    with contextlib.suppress(KeyboardInterrupt):
-        ok = trio.run(_serve, args.host, args.port, specs, rng, args.exit_with_parent)
-    if not ok:
-        return 1
-    print("faultproxy stopped", file=sys.stderr)
-    return 0
+    return run_server("faultproxy", _serve, args.host, args.port, specs, rng, args.exit_with_parent)
 
 
 async def _serve(
@@ -158,14 +145,9 @@ async def _serve(
             print(f"loadgen faultproxy: --config: {exc.message}", file=sys.stderr)
             nursery.cancel_scope.cancel()
             return False
-        stop = trio.Event()
-        if parent_pid is not None:
-            nursery.start_soon(watch_parent, parent_pid, stop)
-        # before the banner: a parent may send SIGTERM as soon as it has read it
-        await nursery.start(watch_signals, stop)
         shown = f"[{host}]" if ":" in host else host
-        print(f"{BANNER_PREFIX}http://{shown}:{bound}", flush=True)
-        await stop.wait()
+        banner = [f"{BANNER_PREFIX}http://{shown}:{bound}"]
+        await serve_until_stopped(nursery, banner, parent_pid=parent_pid)
         print("stopping the faultproxy", file=sys.stderr, flush=True)
         nursery.cancel_scope.cancel()
     return True

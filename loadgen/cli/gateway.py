@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import logging
 import os
@@ -16,11 +15,12 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from loadgen.cli.common import log_to_stderr, run_server
 from loadgen.engine.limits import raise_nofile_limit
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.pki import ensure_pki
 from loadgen.gateway.server import Gateway
-from loadgen.lifecycle import watch_parent, watch_signals
+from loadgen.lifecycle import serve_until_stopped
 from loadgen.metrics.gateway import GatewayMetrics
 from loadgen.proto.auth_policy import AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.auth_xml import ProfileManifestEntry
@@ -292,14 +292,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         config, profile_body = build_config(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    log_to_stderr(args.verbose)
     cert_dir = args.cert_dir or default_cert_dir()
     try:
         ctx, ca_path = _ssl_context(args, cert_dir)
@@ -318,15 +311,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         metrics_port = httpd.server_port  # the real one when 0 was asked for
     gateway = Gateway(config, ctx, metrics)
     gateway.profile_body = profile_body
-    listening = True  # a KeyboardInterrupt is a normal stop too
-    with contextlib.suppress(KeyboardInterrupt):
-        listening = trio.run(
-            _serve, gateway, ca_path, metrics_port, args.listen, args.exit_with_parent
-        )
-    if not listening:
-        return 1
-    print("gateway stopped", file=sys.stderr)
-    return 0
+    return run_server(
+        "gateway", _serve, gateway, ca_path, metrics_port, args.listen, args.exit_with_parent
+    )
 
 
 async def _serve(
@@ -343,19 +330,14 @@ async def _serve(
         except OSError as exc:  # address in use, no such address: no traceback
             print(f"loadgen gateway: cannot listen on {listen}: {exc}", file=sys.stderr)
             return False
-        stop = trio.Event()
-        if parent_pid is not None:
-            nursery.start_soon(watch_parent, parent_pid, stop)
-        # before the banner: a parent may send SIGTERM as soon as it has read it
-        await nursery.start(watch_signals, stop)
         host = gateway.config.host
         shown = f"[{host}]" if ":" in host else host
-        print(f"gateway listening: https://{shown}:{gateway.port}/", flush=True)
+        banner = [f"gateway listening: https://{shown}:{gateway.port}/"]
         if ca_path is not None:
-            print(f"CA certificate: {ca_path}", flush=True)
+            banner.append(f"CA certificate: {ca_path}")
         if metrics_port is not None:
-            print(f"metrics: http://{shown}:{metrics_port}/metrics", flush=True)
-        await stop.wait()
+            banner.append(f"metrics: http://{shown}:{metrics_port}/metrics")
+        await serve_until_stopped(nursery, banner, parent_pid=parent_pid)
         print("stopping the gateway", file=sys.stderr, flush=True)
         # TERMINATE first, so clients see an orderly end, not a reset
         with trio.move_on_after(SHUTDOWN_S):

@@ -12,7 +12,6 @@ samples.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import subprocess
@@ -26,8 +25,8 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
+from loadgen.cli.common import against_target
 from loadgen.cli.progress import Progress, print_summary
-from loadgen.gateway.embedded import embedded_gateway
 from loadgen.lifecycle import ChildSpec, TrioChild, open_child
 from loadgen.metrics.summary import build_summary, generator_from_samples, merge, parse_exposition
 from loadgen.metrics.thresholds import Threshold, evaluate
@@ -69,21 +68,11 @@ def _child_argv(
 
 
 def run_parent(args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold]) -> int:
-    return trio.run(_parent, args, opts, thresholds)
-
-
-async def _parent(
-    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold]
-) -> int:
-    if args.url is None:
-        async with embedded_gateway() as gw:
-            embedded = dataclasses.replace(opts, cafile=str(gw.ca_path))
-            return await _spawn_all(args, embedded, thresholds, gw.url)
-    return await _spawn_all(args, opts, thresholds, args.url)
+    return trio.run(against_target, args.url, opts, partial(_spawn_all, args, thresholds))
 
 
 async def _spawn_all(
-    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Threshold], url: str
+    args: argparse.Namespace, thresholds: list[Threshold], opts: ClientOptions, url: str
 ) -> int:
     # every process holds at least one session
     n = min(args.processes, args.sessions)

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import ssl
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from rich.console import Console
 from rich.live import Live
 
 from loadgen.cli import processes
-from loadgen.cli.common import EXIT_OK, EXIT_USAGE, client_options, read_password
+from loadgen.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    against_target,
+    client_options,
+    read_password,
+)
 from loadgen.cli.progress import Progress, print_summary
 from loadgen.engine.feeder import (
     Credentials,
@@ -46,7 +53,6 @@ from loadgen.engine.loadmodel import (
 from loadgen.engine.profile import SessionProfile
 from loadgen.engine.swarm import Identity, StormSpec, Swarm, SwarmConfig
 from loadgen.engine.url import parse_gateway_url
-from loadgen.gateway.embedded import embedded_gateway
 from loadgen.lifecycle import watch_parent
 from loadgen.metrics.client import ClientMetrics
 from loadgen.metrics.lag import SaturationDetector, generator_stats, monitor_loop_lag
@@ -196,7 +202,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         check_capacity(args.sessions, dtls=not opts.no_dtls, soft_limit=soft)
     except CapacityError as exc:
         parser.error(str(exc))
-    return trio.run(_run, args, opts, thresholds)
+    return trio.run(against_target, args.url, opts, partial(_run_against, args, thresholds))
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -269,16 +275,8 @@ def _schedule_for(args: argparse.Namespace) -> ClosedModel | OpenModel:
     return ClosedModel(args.sessions, args.rate)
 
 
-async def _run(args: argparse.Namespace, opts: ClientOptions, thresholds: list[Any]) -> int:
-    if args.url is None:
-        async with embedded_gateway() as gw:
-            embedded = dataclasses.replace(opts, cafile=str(gw.ca_path))
-            return await _run_against(args, embedded, thresholds, gw.url)
-    return await _run_against(args, opts, thresholds, args.url)
-
-
 async def _run_against(
-    args: argparse.Namespace, opts: ClientOptions, thresholds: list[Any], url: str
+    args: argparse.Namespace, thresholds: list[Any], opts: ClientOptions, url: str
 ) -> int:
     worker_index, _count = worker_slice(args)
     console = Console(stderr=True)
