@@ -5,6 +5,7 @@ through its ``/metrics``."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -23,6 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from loadgen import lifecycle
 from loadgen.gateway.embedded import gateway_spec
 from loadgen.lifecycle import Child, ChildSpec, ChildStartError, Stdio, start_child
 from loadgen.metrics.summary import Samples, merge, parse_exposition
@@ -467,3 +470,31 @@ def watch_run(
             watch.summary = json.loads(summary_path.read_text())
         watch.stderr_tail = err_path.read_text(errors="replace")[-1500:]
     return watch
+
+
+def parts_of(text: str, known: Sequence[str]) -> list[str] | None:
+    """The parts a ``--parts`` list names; None (after saying which) when one is unknown."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(known))
+    if unknown:
+        print(f"unknown parts: {unknown}", file=sys.stderr)
+        return None
+    return parts
+
+
+@contextmanager
+def benchmark_run(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """One benchmark run: SIGTERM unwinds it, a header line names the machine, every
+    child is stopped at the end, then the wall time, and ``--json`` gets the results
+    put in the yielded dict."""
+    lifecycle.exit_on_sigterm()
+    started = time.monotonic()
+    print(f"{datetime.now(UTC):%Y-%m-%d}; {machine_info()}")
+    out: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"json": None}}
+    try:
+        yield out
+    finally:
+        lifecycle.stop_all()
+    print(f"\n{time.monotonic() - started:.0f} s wall")
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import selectors
@@ -40,7 +39,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +48,10 @@ from benchmarks._util import (
     ReferenceGateway,
     RunWatch,
     Tick,
-    machine_info,
+    benchmark_run,
     median,
     num,
+    parts_of,
     print_table,
     proc_rss_kib,
     proc_schedstat_ns,
@@ -60,7 +59,6 @@ from benchmarks._util import (
     spawn,
     watch_run,
 )
-from loadgen import lifecycle
 from loadgen.lifecycle import Child
 
 __all__ = [
@@ -500,20 +498,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if set(parts) - set(PARTS):
-        print(f"unknown parts: {sorted(set(parts) - set(PARTS))}", file=sys.stderr)
+    parts = parts_of(args.parts, PARTS)
+    if parts is None:
         return 2
     if "ocserv" in parts:
         # first, while single-threaded: ocserv, openconnect and every socket live there
         from loadgen.lab.netns import enter_private_netns
 
         enter_private_netns()
-    lifecycle.exit_on_sigterm()
-    started = time.monotonic()
-    print(f"{datetime.now(UTC):%Y-%m-%d}; {machine_info()}")
-    out: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"json": None}}
-    try:
+    with benchmark_run(args) as out:
         if "gateway" in parts:
             results: list[RateResult] = []
             top = max(args.rates)
@@ -527,11 +520,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             oc = part_ocserv(args.ocserv_sessions, args.parallel, args.repeat)
             out["ocserv"] = [vars(r) for r in oc]
             report_ocserv(oc)
-    finally:
-        lifecycle.stop_all()
-    print(f"\n{time.monotonic() - started:.0f} s wall")
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     return 0
 
 

@@ -42,7 +42,6 @@ import time
 import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,15 +55,15 @@ from benchmarks._util import (
     LineReader,
     ReferenceGateway,
     Tick,
-    machine_info,
+    benchmark_run,
     median,
     num,
+    parts_of,
     print_table,
     proc_rss_kib,
     spawn,
     watch_run,
 )
-from loadgen import lifecycle
 
 __all__ = [
     "CpuResult",
@@ -765,16 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(child, url, ca, int(sessions), float(rate), float(timeout))
         return 0
     args = _parse_args(raw)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        print(f"unknown parts: {sorted(unknown)}", file=sys.stderr)
+    parts = parts_of(args.parts, PARTS)
+    if parts is None:
         return 2
-    lifecycle.exit_on_sigterm()
-    started = time.monotonic()
-    print(f"{datetime.now(UTC):%Y-%m-%d}; {machine_info()}")
-    out: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"json": None}}
-    try:
+    with benchmark_run(args) as out:
         if "memory" in parts:
             timeout = args.memory_sessions / args.memory_rate * 3 + 60
             mem = [
@@ -799,11 +792,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             gwr = part_gateway(args.gateway_sessions, args.gateway_rate, args.budget)
             out["gateway"] = vars(gwr)
             report_gateway(gwr)
-    finally:
-        lifecycle.stop_all()
-    print(f"\n{time.monotonic() - started:.0f} s wall")
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     return 0
 
 
