@@ -39,26 +39,7 @@ import gevent.os  # type: ignore[import-untyped]
 from loadgen import lifecycle
 from loadgen.gateway.embedded import gateway_spec
 from loadgen.lifecycle import TAG_ENV, Child, ChildSpec, ChildStartError
-from loadgen.locust.protocol import (
-    CommandRejected,
-    Configure,
-    Configured,
-    Connect,
-    Connected,
-    Disconnect,
-    Disconnected,
-    Echo,
-    EchoCompleted,
-    FrameDecoder,
-    FrameError,
-    Message,
-    PhaseCompleted,
-    RequestFailed,
-    Shutdown,
-    SidecarReady,
-    TunnelEnded,
-    encode_message,
-)
+from loadgen.locust import protocol as wire
 from loadgen.options import ClientOptions
 
 __all__ = [
@@ -133,7 +114,7 @@ class SidecarClient:
         self._closing = False
         self._dead = False
         #: session id -> called when its tunnel ends by itself
-        self.on_tunnel_ended: dict[int, Callable[[TunnelEnded], None]] = {}
+        self.on_tunnel_ended: dict[int, Callable[[wire.TunnelEnded], None]] = {}
         #: where the sidecar serves its metrics, once it is ready (None: nowhere)
         self.metrics_url: str | None = None
         #: (options, url) -> the profile number the sidecar knows them by
@@ -205,7 +186,7 @@ class SidecarClient:
         child = self._proc
         if not self._dead:
             with contextlib.suppress(OSError), gevent.Timeout(2.0, False):
-                self._write(encode_message(Shutdown()))
+                self._write(wire.encode_message(wire.Shutdown()))
         if self._to_child >= 0:
             os.close(self._to_child)
             self._to_child = -1
@@ -246,7 +227,7 @@ class SidecarClient:
                 view = view[written:]
 
     def _read_loop(self) -> None:
-        decoder = FrameDecoder()
+        decoder = wire.FrameDecoder()
         try:
             while self._from_child >= 0:
                 data = gevent.os.nb_read(self._from_child, 65536)
@@ -255,7 +236,7 @@ class SidecarClient:
                 decoder.receive_data(data)
                 while (message := decoder.next_message_untrusted()) is not None:
                     self._on_message(message)
-        except FrameError as exc:
+        except wire.FrameError as exc:
             log.error("unreadable reply from the engine sidecar: %s", exc)
         except OSError:
             pass
@@ -279,7 +260,9 @@ class SidecarClient:
 
     # -- requests ----------------------------------------------------------------------
 
-    def _request(self, build: Callable[[int], Message], kind: str, sid: int, bound_s: float) -> Any:
+    def _request(
+        self, build: Callable[[int], wire.Message], kind: str, sid: int, bound_s: float
+    ) -> Any:
         """Send one request and wait (cooperatively) for its final reply; None: abandoned."""
         if not self.alive:
             raise SidecarError("the engine sidecar is not running")
@@ -287,7 +270,7 @@ class SidecarClient:
         pending = _Pending(kind=kind, sid=sid, started=time.monotonic())
         self._pending[seq] = pending
         try:
-            self._write(encode_message(build(seq)))
+            self._write(wire.encode_message(build(seq)))
         except OSError as exc:
             self._pending.pop(seq, None)
             raise SidecarError("cannot write to the engine sidecar") from exc
@@ -309,24 +292,24 @@ class SidecarClient:
             return profile
         profile = len(self._profiles) + 1
 
-        def build(seq: int) -> Message:
-            return Configure(seq=seq, profile=profile, url=url, options=options)
+        def build(seq: int) -> wire.Message:
+            return wire.Configure(seq=seq, profile=profile, url=url, options=options)
 
         reply = self._request(build, "configure", 0, CONFIGURE_S)
-        if not isinstance(reply, Configured):
+        if not isinstance(reply, wire.Configured):
             return None
         self._profiles[key] = profile
         return profile
 
-    def connect(self, command: Connect, *, bound_s: float) -> Connected | None:
+    def connect(self, command: wire.Connect, *, bound_s: float) -> wire.Connected | None:
         """Phases 1 to 6 for session ``command.id`` (its ``seq`` is assigned here),
         which may take ``bound_s``; events are fired as replies arrive."""
 
-        def build(seq: int) -> Message:
+        def build(seq: int) -> wire.Message:
             return dataclasses.replace(command, seq=seq)
 
         reply = self._request(build, "connect", command.id, bound_s)
-        return reply if isinstance(reply, Connected) else None
+        return reply if isinstance(reply, wire.Connected) else None
 
     def echo(
         self,
@@ -337,11 +320,11 @@ class SidecarClient:
         timeout_s: float,
         udp: bool = False,
         payload_bytes: int = 56,
-    ) -> EchoCompleted | None:
+    ) -> wire.EchoCompleted | None:
         """An echo burst; with ``udp`` it is a ``traffic`` request (UDP echo, port 7)."""
 
-        def build(seq: int) -> Message:
-            return Echo(
+        def build(seq: int) -> wire.Message:
+            return wire.Echo(
                 seq=seq,
                 id=sid,
                 count=count,
@@ -353,7 +336,7 @@ class SidecarClient:
 
         kind = "traffic" if udp else "echo"
         reply = self._request(build, kind, sid, count * spacing_s + timeout_s)
-        return reply if isinstance(reply, EchoCompleted) else None
+        return reply if isinstance(reply, wire.EchoCompleted) else None
 
     def disconnect(self, sid: int, timeout_s: float = CLOSE_S) -> None:
         """End session ``sid``, abandoning its request in progress (no event for it)."""
@@ -361,7 +344,9 @@ class SidecarClient:
             self._pending.pop(seq).result.set(None)
         self.on_tunnel_ended.pop(sid, None)
         if self.alive:
-            self._request(lambda seq: Disconnect(seq=seq, id=sid), "disconnect", sid, timeout_s)
+            self._request(
+                lambda seq: wire.Disconnect(seq=seq, id=sid), "disconnect", sid, timeout_s
+            )
 
     # -- replies -----------------------------------------------------------------------
 
@@ -382,45 +367,45 @@ class SidecarClient:
             context={},
         )
 
-    def _on_message(self, message: Message) -> None:
-        if isinstance(message, SidecarReady):
+    def _on_message(self, message: wire.Message) -> None:
+        if isinstance(message, wire.SidecarReady):
             self.metrics_url = message.metrics
             self._ready.set(message.pid)
-        elif isinstance(message, PhaseCompleted):
+        elif isinstance(message, wire.PhaseCompleted):
             if message.seq in self._pending:  # else: abandoned by a disconnect
                 exc = None
                 if message.fallback is not None:
                     exc = VpnRequestError(message.name, message.fallback, "DTLS fell back to CSTP")
                 self._fire_request("connect", message.name, message.seconds * 1000, exc)
-        elif isinstance(message, TunnelEnded):
+        elif isinstance(message, wire.TunnelEnded):
             callback = self.on_tunnel_ended.pop(message.id, None)
             if callback is not None:  # else: the user has already let it go
                 exc = VpnRequestError(message.phase, message.reason, message.message)
                 self._fire_request("tunnel", "ended", 0, exc)
                 callback(message)
-        elif isinstance(message, Configure | Connect | Echo | Disconnect | Shutdown):
+        elif isinstance(message, wire.Command):
             log.warning("the engine sidecar sent a %s message; ignored", message.TYPE)
         else:
             self._on_final(message)
 
     def _on_final(
         self,
-        message: Configured
-        | Connected
-        | RequestFailed
-        | EchoCompleted
-        | Disconnected
-        | CommandRejected,
+        message: wire.Configured
+        | wire.Connected
+        | wire.RequestFailed
+        | wire.EchoCompleted
+        | wire.Disconnected
+        | wire.CommandRejected,
     ) -> None:
         pending = self._pending.pop(message.seq, None)
         if pending is None:
             return  # abandoned: the user was stopped while waiting
         elapsed_ms = (time.monotonic() - pending.started) * 1000
-        if isinstance(message, Connected):
+        if isinstance(message, wire.Connected):
             self._fire_request("connect", "connect", message.seconds * 1000)
-        elif isinstance(message, EchoCompleted):
+        elif isinstance(message, wire.EchoCompleted):
             self._fire_echo(message, elapsed_ms, pending.kind)
-        elif isinstance(message, RequestFailed):
+        elif isinstance(message, wire.RequestFailed):
             exc = VpnRequestError(message.phase, message.reason, message.message)
             log.debug("session %d: %s: %s", message.id, exc, message.message)
             if pending.kind == "connect":
@@ -428,9 +413,9 @@ class SidecarClient:
                 self._fire_request("connect", "connect", elapsed_ms, exc)
             elif pending.kind in ("echo", "traffic"):
                 self._fire_request(pending.kind, "tunnel", elapsed_ms, exc)
-        elif isinstance(message, Disconnected):
+        elif isinstance(message, wire.Disconnected):
             log.debug("session %d: disconnected", message.id)
-        elif isinstance(message, CommandRejected):
+        elif isinstance(message, wire.CommandRejected):
             log.warning("the engine sidecar rejected a %s: %s", pending.kind, message.message)
             if pending.kind != "disconnect":
                 row, name = _row(pending.kind)
@@ -438,7 +423,7 @@ class SidecarClient:
                 self._fire_request(row, name, elapsed_ms, exc)
         pending.result.set(message)
 
-    def _fire_echo(self, message: EchoCompleted, elapsed_ms: float, kind: str) -> None:
+    def _fire_echo(self, message: wire.EchoCompleted, elapsed_ms: float, kind: str) -> None:
         """``echo`` (ICMP) or ``traffic`` (UDP) row named by the channel; its length is
         the bytes echoed back, so Locust's throughput columns mean tunnel payload."""
         exc = None
