@@ -297,7 +297,8 @@ def test_the_blocking_side_never_imports_trio() -> None:
     """A Locust process is gevent-patched: trio must stay out of it."""
     code = f"""
         import re, sys
-        import loadgen.locust.client, loadgen.faultproxy.embedded, loadgen.gateway.embedded
+        import loadgen.locust.user, loadgen.locust.chaos, loadgen.locust.client
+        import loadgen.faultproxy.embedded, loadgen.gateway.embedded
         from loadgen.lifecycle import ChildSpec, start_child
         spec = ChildSpec(name="c", argv=[sys.executable, "-c", {textwrap.dedent(READY)!r}],
                          banner={{"url": re.compile(r"listening: (\\S+)")}})
