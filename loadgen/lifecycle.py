@@ -276,7 +276,9 @@ def _stop_sequence(
         deadline = time.monotonic() + grace_s
         while not _exited(pid) and (left := deadline - time.monotonic()) > 0:
             yield min(_EXIT_POLL_S, left)
-    if group:  # what the child started in its group (engine processes, ocserv workers)
+    if group and not reaped:
+        # what the child started in its group (ocserv workers), while the leader is
+        # unreaped: its group id cannot have been given to anyone else
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     if not reaped and not _exited(pid):

@@ -189,6 +189,8 @@ def test_one_name_one_meaning_with_old_spellings_kept(capsys: pytest.CaptureFixt
         ),
         (Front.CONNECT, ["--servercert", "md5:00"], "--servercert"),
         (Front.LOCUST, ["--vpn-dtls-port", "70000"], "--vpn-dtls-port"),
+        (Front.LOCUST, ["--vpn-metrics-port", "70000"], "--vpn-metrics-port"),
+        (Front.LOCUST, ["--vpn-echo-count", "-1"], "--vpn-echo-count"),
         (Front.LOCUST, ["--vpn-dtls-ciphers", "NOPE-SHA"], "unknown cipher"),
         (Front.RUN, ["--user", "fixed"], "needs {n}"),
         (Front.LOCUST, ["--vpn-user", "fixed"], "--vpn-user"),

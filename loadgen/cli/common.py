@@ -14,11 +14,10 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from loadgen.gateway.embedded import embedded_gateway
+from loadgen.gateway.embedded import EMBEDDED_PASSWORD, embedded_gateway
 from loadgen.options import ClientOptions, Front, OptionError, from_namespace
 
 __all__ = [
-    "EMBEDDED_PASSWORD",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -34,8 +33,6 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-#: the embedded gateway accepts any user with any password; this one is sent
-EMBEDDED_PASSWORD = "loadgen"
 
 
 def client_options(

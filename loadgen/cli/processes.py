@@ -159,7 +159,9 @@ async def _child(
                     statuses[k] = json.loads(line)
                 except ValueError:
                     continue
-        codes[k] = await child.wait()
+        while not child.has_exited():  # its summary is still being written
+            await trio.sleep(0.05)
+        codes[k] = await child.stop()  # sweeps its group, then reaps
 
 
 #: status fields summed over the engine processes

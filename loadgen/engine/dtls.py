@@ -23,10 +23,9 @@ from typing import Protocol
 import trio
 
 from loadgen.failures import FallbackReason
-from loadgen.options import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER
+from loadgen.options import DEFAULT_DTLS12_OFFER, DEFAULT_DTLS_OFFER, DEFAULTS
 from loadgen.proto import cstp
 from loadgen.proto.dtls import (
-    DEFAULT_RETRANSMIT_SCHEDULE_S,
     DTLS0_9,
     AlertReceived,
     ApplicationDataReceived,
@@ -67,9 +66,9 @@ class DtlsOptions:
     #: X-DTLS12-CipherSuite offer; None = header not sent
     ciphers12: tuple[str, ...] | None = DEFAULT_DTLS12_OFFER
     #: ClientHello send times; the last entry is when the attempt is given up
-    schedule_s: tuple[float, ...] = DEFAULT_RETRANSMIT_SCHEDULE_S
+    schedule_s: tuple[float, ...] = DEFAULTS.dtls_schedule
     #: seconds between attempts after a failure (0: never again); openconnect: 60
-    reattempt_s: float = 60.0
+    reattempt_s: float = DEFAULTS.dtls_reattempt_s
     #: send DTLS here instead of the gateway's host and X-DTLS-Port (fault proxies)
     host: str | None = None
     port: int | None = None

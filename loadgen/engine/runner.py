@@ -195,6 +195,8 @@ class SessionRunner(Generic[S]):
         self.tunnel: RunnerTunnel | None = None
         #: seconds the wait for DTLS took (phase 6, up or fallen back)
         self.dtls_wait_s: float | None = None
+        self._leave_reason: DisconnectReason | None = DisconnectReason.USER
+        self._leave_s = LEAVE_S
 
     @property
     def established(self) -> bool:
@@ -210,14 +212,16 @@ class SessionRunner(Generic[S]):
         *,
         started_at: float | None = None,
         cut: trio.CancelScope | None = None,
-        cut_message: str = "the run ended before the session was up",
+        cut_message: str = "the connect was given up",
         leave: DisconnectReason | None = DisconnectReason.USER,
         leave_s: float = LEAVE_S,
     ) -> SessionOutcome:
-        """Connect, ``serve``, leave.  The whole connect is timed from
-        ``started_at`` (default: now); cancelling ``cut`` during the connect
-        gives it up (``connect/cancelled``).  Never raises for the session's
-        own failures."""
+        """Connect, ``serve``, leave (DISCONNECT with ``leave``, bounded by
+        ``leave_s``).  The whole connect is timed from ``started_at`` (default:
+        now); cancelling ``cut`` during the connect gives it up
+        (``connect/cancelled``, ``cut_message``).  Never raises for the
+        session's own failures."""
+        self._leave_reason, self._leave_s = leave, leave_s
         begun = trio.current_time() if started_at is None else started_at
         self.metrics.session_started()
         self.move("connecting")
@@ -226,10 +230,11 @@ class SessionRunner(Generic[S]):
             async with self._open(cfg, ssl_context) as session:
                 self.session = session
                 try:
-                    await self._connect(session, begun, cut, cut_message, leave, leave_s)
+                    await self.cuttable(session, session.connect, cut, cut_message)
+                    self._established(session, begun)
                     await serve(session)
                     self.push()
-                    await self._leave(session, leave, leave_s)
+                    await self.leave(session)
                     self._closed()
                 except Exception as exc:
                     failure = self._failed(exc, session)
@@ -238,23 +243,30 @@ class SessionRunner(Generic[S]):
                 log.warning("session %s: error after its end: %r", self._name, exc)
             else:
                 failure = self._failed(exc, None)
+        except BaseException:
+            # cancelled from outside (a sidecar closing at its deadline, a second
+            # Ctrl-C): still one outcome, as a stop the user asked for
+            if not self._done:
+                self._stopped()
+            raise
         finally:
             self.move(None)
         return SessionOutcome(established=self.established, failure=failure)
 
-    async def _connect(  # noqa: PLR0917
+    async def cuttable(
         self,
         session: RunnerSession,
-        begun: float,
+        connect: Callable[[], Awaitable[object]],
         cut: trio.CancelScope | None,
-        cut_message: str,
-        leave: DisconnectReason | None,
-        leave_s: float,
+        message: str,
     ) -> None:
+        """``connect`` (phases 1 to 5: a connect, a reconnect) then the wait for
+        DTLS, given up when ``cut`` is cancelled: ``connect/cancelled``, after a
+        DISCONNECT if the tunnel was up already."""
         cut = cut or trio.CancelScope()
         with cut:
             try:
-                await session.connect()
+                await connect()
                 waited = trio.current_time()
                 await session.wait_dtls()
                 self.dtls_wait_s = trio.current_time() - waited
@@ -263,8 +275,10 @@ class SessionRunner(Generic[S]):
         if cut.cancelled_caught:
             if session.tunnel is not None:
                 # cut with its tunnel up (DTLS pending): it still says DISCONNECT
-                await self._leave(session, leave, leave_s)
-            raise SessionFailedError(Phase.CONNECT, Reason.CANCELLED, cut_message)
+                await self.leave(session)
+            raise SessionFailedError(Phase.CONNECT, Reason.CANCELLED, message)
+
+    def _established(self, session: RunnerSession, begun: float) -> None:
         m = self.metrics
         for phase, seconds in session.phases.items():
             if phase is not Phase.CONNECT:
@@ -276,12 +290,11 @@ class SessionRunner(Generic[S]):
         assert tunnel is not None
         self.follow(tunnel)
 
-    async def _leave(
-        self, session: RunnerSession, reason: DisconnectReason | None, bound_s: float
-    ) -> None:
-        with trio.move_on_after(bound_s) as scope:
+    async def leave(self, session: RunnerSession) -> None:
+        """DISCONNECT as the run said, bounded and shielded."""
+        with trio.move_on_after(self._leave_s) as scope:
             scope.shield = True
-            await session.disconnect(reason)
+            await session.disconnect(self._leave_reason)
 
     def refuse(self, failure: SessionFailedError) -> None:
         """A session that could not even start (no identity): started and failed."""
@@ -345,18 +358,33 @@ class SessionRunner(Generic[S]):
         self._finish()
         self.metrics.session_outcome("closed")
 
+    def _stopped(self) -> None:
+        self.push()
+        if self.established:
+            self._closed()
+        else:  # given up while connecting, as a run's end counts it
+            self._record_failure(Phase.CONNECT, Reason.CANCELLED)
+
     def _failed(self, exc: Exception, session: RunnerSession | None) -> SessionFailedError:
         phase = Phase.CONNECT if session is None else session.phase
         failure = translate(phase, exc)
-        if not isinstance(exc, SessionFailedError) and failure.reason is Reason.INTERNAL:
+        # a bug of ours, raised bare or wrapped by the session: its traceback is logged
+        wrapped = isinstance(exc, SessionFailedError) and exc.__cause__ is not None
+        if failure.reason is Reason.INTERNAL and (wrapped or exc is not failure):
             log.error("session %s: unexpected error", self._name, exc_info=exc)
         if not self._done:
-            self._done = True
+            if self.tunnel is None and session is not None:
+                # a storm's reconnect that failed: its tunnel's counters still count
+                self.tunnel = session.tunnel
             self.push()
-            self.metrics.failure(str(failure.phase), str(failure.reason))
-            self.metrics.session_outcome("failed")
-            self._finish()
+            self._record_failure(failure.phase, failure.reason)
         return failure
+
+    def _record_failure(self, phase: Phase, reason: Reason) -> None:
+        self._done = True
+        self.metrics.failure(str(phase), str(reason))
+        self.metrics.session_outcome("failed")
+        self._finish()
 
     def _finish(self) -> None:
         if self._data_channel is not None:

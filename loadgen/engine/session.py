@@ -25,7 +25,7 @@ from loadgen.engine.tls import TlsOptions
 from loadgen.engine.transport import HttpChannel, open_tls, transport_failure
 from loadgen.engine.url import GatewayUrl
 from loadgen.failures import Phase, Reason, SessionFailedError
-from loadgen.options import DEFAULT_USER_AGENT, DownloadMode
+from loadgen.options import DEFAULT_USER_AGENT, DEFAULTS, DownloadMode
 from loadgen.proto import auth
 from loadgen.proto.cstp import DisconnectReason
 from loadgen.proto.errors import (
@@ -56,10 +56,10 @@ class SessionConfig:
     password: str = field(repr=False)
     group: str | None = None
     tls: TlsOptions = field(default_factory=TlsOptions)
-    user_agent: str = DEFAULT_USER_AGENT
+    user_agent: str = DEFAULTS.user_agent
     #: ``X-CSTP-Hostname``; unique per simulated client
     hostname: str = "loadgen"
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULTS.timeout_s
     download: DownloadMode = DownloadMode.NEW_CONNECTION
     base_mtu: int = 1500
     source_ip: str | None = None

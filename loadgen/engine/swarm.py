@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("loadgen.engine")
+
+#: why a connect or reconnect still in progress when the stop grace ran out failed
+CUT_MESSAGE = "the run ended before the session was up"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -389,6 +392,7 @@ class Swarm:
                 serve,
                 started_at=scheduled,
                 cut=cut,
+                cut_message=CUT_MESSAGE,
                 leave=DisconnectReason.USER if self.config.logout else None,
                 leave_s=self.config.stop_grace_s,
             )
@@ -404,23 +408,6 @@ class Swarm:
         if length is None:
             return end
         return min(end, trio.current_time() + length)
-
-    async def _cut_at_stop(self, session: SwarmSession, work: Awaitable[None]) -> None:
-        """``work`` (a reconnect), cut when the stop grace has run out."""
-        with trio.CancelScope() as scope:
-            self._cuttable.add(scope)
-            try:
-                await work
-            finally:
-                self._cuttable.discard(scope)
-        if scope.cancelled_caught:
-            if session.tunnel is not None:
-                with trio.move_on_after(self.config.stop_grace_s) as leave:
-                    leave.shield = True
-                    await session.disconnect(DisconnectReason.USER if self.config.logout else None)
-            raise SessionFailedError(
-                Phase.CONNECT, Reason.CANCELLED, "the run ended before the session was up"
-            )
 
     async def _hold(
         self, runner: SessionRunner[SwarmSession], session: SwarmSession, deadline: float
@@ -466,7 +453,7 @@ class Swarm:
                 return
             if self._storm.is_set() and cfg.storm is not None and not stormed:
                 stormed = True
-                await self._cut_at_stop(session, self._reconnect(runner, session, cfg.storm))
+                await self._reconnect(runner, session, cfg.storm)
                 continue
             if target is not None and trio.current_time() >= next_echo:
                 await self._echo(runner, tunnel, target)
@@ -492,29 +479,38 @@ class Swarm:
     async def _reconnect(
         self, runner: SessionRunner[SwarmSession], session: SwarmSession, storm: StormSpec
     ) -> None:
-        """Drop the tunnel (no DISCONNECT) and come back, as after a network blip."""
+        """Drop the tunnel (no DISCONNECT) and come back, as after a network blip;
+        the reconnect is cut, like a connect, when the stop grace has run out."""
         runner.push()
         await trio.sleep(self._rng.uniform(0, storm.jitter_s) if storm.jitter_s else 0)
         start = trio.current_time()
         await session.aclose()
         runner.reconnecting()
-        last: SessionFailedError | None = None
-        for attempt in range(storm.retries + 1):
-            if attempt:
-                await trio.sleep(storm.backoff_s * 2 ** (attempt - 1))
-            try:
-                if storm.mode == "reauth":
-                    session.phases.clear()
-                    await session.connect()
-                else:
-                    await session.reconnect()
-                await session.wait_dtls()
-                break
-            except SessionFailedError as exc:
-                last = exc
-        else:
+
+        async def again() -> None:
+            last: SessionFailedError | None = None
+            for attempt in range(storm.retries + 1):
+                if attempt:
+                    await trio.sleep(storm.backoff_s * 2 ** (attempt - 1))
+                try:
+                    if storm.mode == "reauth":
+                        session.phases.clear()
+                        await session.connect()
+                    else:
+                        await session.reconnect()
+                    return
+                except SessionFailedError as exc:
+                    last = exc
             assert last is not None
             raise last
+
+        # the attempts and their back-off, cut as one when the stop grace has run out
+        cut = trio.CancelScope()
+        self._cuttable.add(cut)
+        try:
+            await runner.cuttable(session, again, cut, CUT_MESSAGE)
+        finally:
+            self._cuttable.discard(cut)
         tunnel = session.tunnel
         assert tunnel is not None
         runner.reconnected(tunnel, trio.current_time() - start)

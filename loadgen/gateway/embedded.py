@@ -29,12 +29,15 @@ __all__ = [
     "BANNER_CA",
     "BANNER_METRICS",
     "BANNER_URL",
+    "EMBEDDED_PASSWORD",
     "EmbeddedGateway",
     "EmbeddedGatewayError",
     "embedded_gateway",
     "gateway_spec",
 ]
 
+#: the embedded gateway accepts any user with any password; clients send this one
+EMBEDDED_PASSWORD = "loadgen"
 #: the banner ``loadgen gateway`` prints on stdout once it listens
 BANNER_URL = re.compile(r"gateway listening: (https://\S+)")
 BANNER_CA = re.compile(r"CA certificate: (\S+)")

@@ -9,7 +9,8 @@ request's final reply.  The sidecar and the embedded reference gateway are
 children of the one lifecycle (``loadgen.lifecycle``, its blocking runner,
 cooperative under gevent's monkey-patching).
 
-Secrets: the password travels in the ``connect`` frame only; no event, log
+Secrets: the password travels in the ``configure`` frame of its option set
+(once) and, from a credentials file, in each ``connect`` frame; no event, log
 line or exception carries it.
 """
 
@@ -38,7 +39,7 @@ import gevent.os  # type: ignore[import-untyped]
 
 from loadgen import lifecycle
 from loadgen.gateway.embedded import gateway_spec
-from loadgen.lifecycle import TAG_ENV, Child, ChildSpec, ChildStartError
+from loadgen.lifecycle import START_TIMEOUT_S, TAG_ENV, Child, ChildSpec, ChildStartError
 from loadgen.locust import protocol as wire
 from loadgen.options import ClientOptions
 
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger("loadgen.locust")
 
-START_S = 30.0
 CLOSE_S = 10.0
 #: after CLOSE_S, how long a SIGTERM has before SIGKILL
 KILL_GRACE_S = 2.0
@@ -119,6 +119,9 @@ class SidecarClient:
         self.metrics_url: str | None = None
         #: (options, url) -> the profile number the sidecar knows them by
         self._profiles: dict[tuple[ClientOptions, str], int] = {}
+        self._profile_numbers = itertools.count(1)
+        #: option sets sent and not yet answered: the users who need them wait
+        self._configuring: dict[tuple[ClientOptions, str], gevent.event.AsyncResult] = {}
 
     @property
     def alive(self) -> bool:
@@ -132,7 +135,7 @@ class SidecarClient:
 
     def start(
         self,
-        timeout_s: float = START_S,
+        timeout_s: float = START_TIMEOUT_S,
         *,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
@@ -285,21 +288,34 @@ class SidecarClient:
 
     def configure(self, options: ClientOptions, url: str) -> int | None:
         """The sidecar's number for this option set and URL, sent to it on first
-        use (once per set); None when the sidecar refused it (reported)."""
+        use, once: users spawned together wait for the first one's answer.  None
+        when the sidecar refused it (reported as a failed connect of each)."""
         key = (options, url)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
-        profile = len(self._profiles) + 1
+        waiting = self._configuring.get(key)
+        if waiting is not None:
+            answer: int | None = waiting.get()
+            if answer is None:
+                refused = VpnRequestError("connect", "internal", "the option set was refused")
+                self._fire_request("connect", "connect", 0, refused)
+            return answer
+        waiting = self._configuring[key] = gevent.event.AsyncResult()
+        number = next(self._profile_numbers)
+        answer = None
+        try:
 
-        def build(seq: int) -> wire.Message:
-            return wire.Configure(seq=seq, profile=profile, url=url, options=options)
+            def build(seq: int) -> wire.Message:
+                return wire.Configure(seq=seq, profile=number, url=url, options=options)
 
-        reply = self._request(build, "configure", 0, CONFIGURE_S)
-        if not isinstance(reply, wire.Configured):
-            return None
-        self._profiles[key] = profile
-        return profile
+            reply = self._request(build, "configure", 0, CONFIGURE_S)
+            if isinstance(reply, wire.Configured):
+                answer = self._profiles[key] = number
+        finally:
+            del self._configuring[key]
+            waiting.set(answer)
+        return answer
 
     def connect(self, command: wire.Connect, *, bound_s: float) -> wire.Connected | None:
         """Phases 1 to 6 for session ``command.id`` (its ``seq`` is assigned here),
@@ -457,7 +473,7 @@ class GatewayProcess:
         self._tmp: str | None = None
         self.info: GatewayInfo | None = None
 
-    def start(self, timeout_s: float = START_S) -> GatewayInfo:
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> GatewayInfo:
         tag = lifecycle.tag()
         # the marker goes into the command line through the directory name
         self._tmp = tempfile.mkdtemp(prefix=f"loadgen-locust-gw-{tag}-" if tag else "loadgen-gw-")

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
-from loadgen.options import ClientOptions
+from loadgen.options import DEFAULTS, ClientOptions
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
 
 __all__ = [
@@ -117,14 +117,14 @@ class Echo:
     TYPE: ClassVar[str] = "echo"
     seq: int
     id: int
-    count: int = 3
+    count: int = DEFAULTS.echo_count
     #: seconds between the probes of the burst
-    spacing_s: float = 0.2
-    timeout_s: float = 2.0
+    spacing_s: float = DEFAULTS.echo_spacing_s
+    timeout_s: float = DEFAULTS.echo_timeout_s
     #: UDP echo (port 7) instead of ICMP: the "traffic" task
-    udp: bool = False
+    udp: bool = DEFAULTS.echo_udp
     #: payload of each probe
-    payload_bytes: int = 56
+    payload_bytes: int = DEFAULTS.echo_size
 
 
 @dataclass(frozen=True, kw_only=True)

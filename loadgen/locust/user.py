@@ -42,6 +42,7 @@ from loadgen.engine.feeder import (
     load_credentials,
     new_run_id,
 )
+from loadgen.gateway.embedded import EMBEDDED_PASSWORD
 from loadgen.locust import discovery
 from loadgen.locust.client import (
     GatewayProcess,
@@ -53,13 +54,11 @@ from loadgen.locust.protocol import Connect, EchoCompleted, TunnelEnded
 from loadgen.locust.settings import add_options, check_files, settings_for
 from loadgen.options import ClientOptions, Front, dest_of, flag_of
 
-__all__ = ["EMBEDDED_PASSWORD", "IDENTITIES_PER_PROCESS", "VpnConnection", "VpnUser"]
+__all__ = ["IDENTITIES_PER_PROCESS", "VpnConnection", "VpnUser"]
 
 log = logging.getLogger("loadgen.locust")
 
 IDENTITIES_PER_PROCESS = 100_000
-#: the embedded gateway accepts any user with any password; this one is sent
-EMBEDDED_PASSWORD = "loadgen"
 
 
 # -- per process state ------------------------------------------------------------------
@@ -386,22 +385,26 @@ class VpnConnection:
         interval_s: float | None = None,
     ) -> EchoCompleted | None:
         """An echo burst (ICMP, or UDP to port 7 with ``udp``) to the echo target;
-        what is not given comes from the ``--vpn-echo-*`` options.  A user whose
-        tunnel is down reconnects first, as a real client would.  ``interval_s``
-        is the old name of ``spacing_s``."""
+        what is not given comes from the ``--vpn-echo-*`` options (a count of 0:
+        nothing is sent, None is returned).  A user whose tunnel is down
+        reconnects first, as a real client would.  ``interval_s`` is the old
+        name of ``spacing_s``."""
         if interval_s is not None:
             warnings.warn(
                 "echo(interval_s=...) is deprecated: use spacing_s", DeprecationWarning, 2
             )
             spacing_s = interval_s if spacing_s is None else spacing_s
+        settings = self.settings
+        count = settings.echo_count if count is None else count
+        if count == 0:  # --vpn-echo-count 0: no echo at all
+            return None
         if not self.connected and not self.connect():
             return None
         assert self._sidecar is not None and self._sid is not None
-        settings = self.settings
         try:
             reply = self._sidecar.echo(
                 self._sid,
-                count=settings.echo_count if count is None else count,
+                count=count,
                 spacing_s=settings.echo_spacing_s if spacing_s is None else spacing_s,
                 timeout_s=settings.echo_timeout_s if timeout_s is None else timeout_s,
                 udp=settings.echo_udp if udp is None else udp,

@@ -33,6 +33,7 @@ from loadgen.options.table import (
     DEFAULT_DTLS12_OFFER,
     DEFAULT_DTLS_OFFER,
     DEFAULT_USER_AGENT,
+    DEFAULTS,
     ClientOptions,
     DownloadMode,
     default_of,
@@ -40,6 +41,7 @@ from loadgen.options.table import (
 )
 
 __all__ = [
+    "DEFAULTS",
     "DEFAULT_DTLS12_OFFER",
     "DEFAULT_DTLS_OFFER",
     "DEFAULT_USER_AGENT",

@@ -58,6 +58,8 @@ def add_arguments(parser: Any, front: Front) -> None:
         for alias in _aliases(spec, front):
             old = dict(kwargs, dest=_alias_dest(alias, front), help=argparse.SUPPRESS)
             old.pop("env_var", None)
+            if front is Front.LOCUST:
+                old["include_in_web_ui"] = False
             old["default"] = False if spec.is_flag else None
             target.add_argument(flag_of(alias.name, front), **old)
 
@@ -124,8 +126,11 @@ def from_namespace(
             if raw is not None:
                 raise OptionError(f"give {new_flag} or its old spelling {old_flag}, not both")
             (warn or _warn)(f"{old_flag} is deprecated: use {new_flag}")
-            raw = old
-        values[name] = default if raw is None else _value(spec, raw, front)
+            raw, given_as = old, old_flag
+            break
+        else:
+            given_as = spec.flag(front)
+        values[name] = default if raw is None else _value(spec, raw, given_as)
     try:
         opts = ClientOptions(**values)
     except OptionError as exc:
@@ -139,14 +144,15 @@ def _given(namespace: Any, dest: str, spec: Spec, front: Front, default: Any) ->
     """The value given for ``dest``, or None when it was not given (Locust keeps
     the default it showed, which counts as not given)."""
     value = getattr(namespace, dest, None) if namespace is not None else None
-    if value is None or value == "" or (spec.is_flag and value is False):
+    if value is None or (spec.is_flag and value is False):
         return None
-    if front is Front.LOCUST and value == _locust_default(spec, default):
+    # Locust's web UI shows every option in a field: empty, or the default shown, is none
+    if front is Front.LOCUST and value in ("", _locust_default(spec, default)):
         return None
     return value
 
 
-def _value(spec: Spec, raw: Any, front: Front) -> Any:
+def _value(spec: Spec, raw: Any, given_as: str) -> Any:
     if spec.is_flag:
         return bool(raw)
     try:
@@ -157,7 +163,7 @@ def _value(spec: Spec, raw: Any, front: Front) -> Any:
         return value
     except (ValueError, TypeError) as exc:
         detail = "(hidden)" if spec.secret else str(exc)
-        raise OptionError(f"{spec.flag(front)}: {detail}") from None
+        raise OptionError(f"{given_as}: {detail}") from None
 
 
 def _respell(message: str, front: Front) -> str:

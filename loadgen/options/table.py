@@ -21,6 +21,7 @@ from loadgen.proto.dtls import (
 )
 
 __all__ = [
+    "DEFAULTS",
     "DEFAULT_DTLS12_OFFER",
     "DEFAULT_DTLS_OFFER",
     "DEFAULT_USER_AGENT",
@@ -420,3 +421,7 @@ def default_of(name: str, front: Front) -> Any:
         if field_name == name:
             return spec.defaults.get(front, default)
     raise KeyError(name)
+
+
+#: every option at its default: where code outside the front ends needs one
+DEFAULTS = ClientOptions()

@@ -196,6 +196,45 @@ async def test_failures_come_in_the_phase_they_happened_in(
     label: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    await _check_failure(fail_in, error, label, caplog)
+    if label.endswith("/internal"):
+        assert "a bug" in caplog.text
+
+
+async def test_a_bug_the_session_wrapped_still_logs_its_traceback(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrapped = SessionFailedError(Phase.AUTH, Reason.INTERNAL, "our bug")
+    wrapped.__cause__ = KeyError("the real bug")
+    await _check_failure(Phase.AUTH, wrapped, "auth/internal", caplog)
+    assert "the real bug" in caplog.text
+
+
+@pytest.mark.parametrize("up", [False, True])
+async def test_a_session_cancelled_from_outside_still_has_one_outcome(
+    autojump_clock: trio.testing.MockClock, up: bool
+) -> None:
+    session = FakeSession(None, None, hang=not up)
+    runner, registry = _runner(session)
+
+    async def serve(s: FakeSession) -> None:
+        await trio.sleep_forever()
+
+    with trio.move_on_after(5.0):
+        await runner.run(CFG, CTX, serve)
+    counts = _counts(registry)
+    assert counts["active"] == 0
+    if up:  # as a stop the user asked for
+        assert (counts["established"], counts["closed"], counts["failed"]) == (1, 1, 0)
+    else:
+        assert (counts["closed"], counts["failed"]) == (0, 1)
+        s = samples_from_registry(registry)
+        assert s.total("loadgen_phase_failures_total", phase="connect", reason="cancelled") == 1
+
+
+async def _check_failure(
+    fail_in: Phase, error: Exception, label: str, caplog: pytest.LogCaptureFixture
+) -> None:
     session = FakeSession(fail_in, error, hang=False)
     runner, registry = _runner(session)
     with caplog.at_level(logging.ERROR, "loadgen.engine"):
@@ -215,8 +254,6 @@ async def test_failures_come_in_the_phase_they_happened_in(
     # a bug of ours leaves its traceback in the log; an expected failure does not
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == (1 if reason == "internal" else 0)
-    if tracebacks:
-        assert "a bug" in caplog.text
 
 
 async def test_a_tunnel_that_ends_while_served_fails_in_the_tunnel(

@@ -103,9 +103,9 @@ def test_run_200_sessions(ocserv: OcservServer, tmp_path: Path) -> None:
     port = _free_tcp_port()
     argv = [
         *[sys.executable, "-m", "loadgen", "run", ocserv.url],
-        *["--cafile", str(ocserv.ca_path), "--user-pattern", "user{n}", "--password-stdin"],
+        *["--cafile", str(ocserv.ca_path), "--user", "user{n}", "--password-stdin"],
         *["--sessions", str(SESSIONS), "--rate", str(RATE), "--duration", str(DURATION_S)],
-        *["--echo-interval", str(ECHO_INTERVAL_S), "--summary", str(summary_path)],
+        *["--echo-every", str(ECHO_INTERVAL_S), "--summary", str(summary_path)],
         *["--metrics-port", str(port), "--linger", str(LINGER_S), "--no-progress"],
     ]
     out, err = tmp_path / "stdout", tmp_path / "stderr"

@@ -68,6 +68,8 @@ def test_web_ui_swarm_and_stop(tmp_path: Path) -> None:
         # the password option is not in the page at all (masking would still ship it)
         assert SECRET.encode() not in page
         assert b"vpn_password" not in page and b"vpn-password" not in page
+        # old spellings of options work but are not offered
+        assert b"deprecated_vpn" not in page and b"vpn-user-pattern" not in page
 
         form = urllib.parse.urlencode({"user_count": 4, "spawn_rate": 4}).encode()
         with urllib.request.urlopen(base + "/swarm", data=form, timeout=5) as resp:
