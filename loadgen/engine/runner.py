@@ -173,6 +173,22 @@ class SessionRunner(Generic[S]):
     through ``push``, ``echo`` and ``reconnecting``/``reconnected``.
     ``session_factory`` is ``loadgen.engine.session.open_session`` (a fake in tests)."""
 
+    # one per live session: no instance dict
+    __slots__ = (
+        "_channel",
+        "_data_channel",
+        "_done",
+        "_leave_reason",
+        "_leave_s",
+        "_meter",
+        "_name",
+        "_open",
+        "dtls_wait_s",
+        "metrics",
+        "session",
+        "tunnel",
+    )
+
     def __init__(
         self,
         metrics: RunnerMetrics = NULL_METRICS,
