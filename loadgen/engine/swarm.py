@@ -15,6 +15,7 @@ import random
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -379,17 +380,12 @@ class Swarm:
                 )
                 return
             length = self.config.session_length(self._rng)
-
-            async def serve(session: SwarmSession) -> None:
-                self._cuttable.discard(cut)  # up: from now on the session leaves by itself
-                await self._hold(runner, session, self._deadline(length))
-
             # a connect in progress is cut when the stop grace has run out
             self._cuttable.add(cut)
             await runner.run(
                 cfg,
                 self._ctx,
-                serve,
+                partial(self._hold, runner, cut, length),
                 started_at=scheduled,
                 cut=cut,
                 cut_message=CUT_MESSAGE,
@@ -410,23 +406,16 @@ class Swarm:
         return min(end, trio.current_time() + length)
 
     async def _hold(
-        self, runner: SessionRunner[SwarmSession], session: SwarmSession, deadline: float
-    ) -> None:
-        pokes = [trio.Event()]
-        self._pokes.add(pokes[0])
-        try:
-            await self._hold_loop(runner, session, deadline, pokes)
-        finally:
-            self._pokes.discard(pokes[0])
-
-    async def _hold_loop(
         self,
         runner: SessionRunner[SwarmSession],
+        cut: trio.CancelScope,
+        length: float | None,
         session: SwarmSession,
-        deadline: float,
-        pokes: list[trio.Event],
     ) -> None:
-        # pokes[0] is this session's current wake-up event (renewed after each use)
+        """The session is up: echo, follow a storm, until its length or the run's end.
+        (The runner's ``serve``; one frame, since every live session keeps it.)"""
+        self._cuttable.discard(cut)  # up: from now on the session leaves by itself
+        deadline = self._deadline(length)
         cfg = self.config
         every = cfg.echo_every_s
         target = session.echo_target(cfg.echo_target) if every > 0 else None
@@ -434,32 +423,37 @@ class Swarm:
         stormed = self._storm.is_set()
         # spread the first echo so thousands of sessions do not beat in step
         next_echo = trio.current_time() + (self._rng.uniform(0, every) if every > 0 else 0)
-        while not self._stop.is_set():
-            tunnel = session.tunnel
-            assert tunnel is not None
-            poke = pokes[0]
-            tunnel.on_end = poke.set
-            wake = min(deadline, next_echo if target is not None else math.inf)
-            if tunnel.ended is None and not (self._storm.is_set() and not stormed):
-                with trio.move_on_at(wake):
-                    await poke.wait()
-            if poke.is_set():
-                self._pokes.discard(poke)
-                pokes[0] = trio.Event()
-                self._pokes.add(pokes[0])
-            if tunnel.ended is not None:
-                raise tunnel.ended
-            if self._stop.is_set() or trio.current_time() >= deadline:
-                return
-            if self._storm.is_set() and cfg.storm is not None and not stormed:
-                stormed = True
-                await self._reconnect(runner, session, cfg.storm)
-                continue
-            if target is not None and trio.current_time() >= next_echo:
-                await self._echo(runner, tunnel, target)
-                next_echo += every
-                if cfg.think_time is not None:
-                    next_echo += cfg.think_time(self._rng) or 0.0
+        # this session's wake-up event (stop, storm, tunnel end), renewed after each use
+        poke = trio.Event()
+        self._pokes.add(poke)
+        try:
+            while not self._stop.is_set():
+                tunnel = session.tunnel
+                assert tunnel is not None
+                tunnel.on_end = poke.set
+                wake = min(deadline, next_echo if target is not None else math.inf)
+                if tunnel.ended is None and not (self._storm.is_set() and not stormed):
+                    with trio.move_on_at(wake):
+                        await poke.wait()
+                if poke.is_set():
+                    self._pokes.discard(poke)
+                    poke = trio.Event()
+                    self._pokes.add(poke)
+                if tunnel.ended is not None:
+                    raise tunnel.ended
+                if self._stop.is_set() or trio.current_time() >= deadline:
+                    return
+                if self._storm.is_set() and cfg.storm is not None and not stormed:
+                    stormed = True
+                    await self._reconnect(runner, session, cfg.storm)
+                    continue
+                if target is not None and trio.current_time() >= next_echo:
+                    await self._echo(runner, tunnel, target)
+                    next_echo += every
+                    if cfg.think_time is not None:
+                        next_echo += cfg.think_time(self._rng) or 0.0
+        finally:
+            self._pokes.discard(poke)
 
     async def _echo(
         self, runner: SessionRunner[SwarmSession], tunnel: SwarmTunnel, target: IPv4Address

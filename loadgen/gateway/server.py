@@ -377,6 +377,8 @@ class Gateway:
             metrics=self.metrics,
         )
         head, leftover = conn.switch_protocol(decision.status, decision.reason, decision.headers)
+        # the decision (its headers, encoded and decoded) must not live as long as the tunnel
+        del decision
         record.tunnel = tunnel
         self._tunnels.add(tunnel)
         if dtls_session is not None:
@@ -384,6 +386,7 @@ class Gateway:
         self.metrics.sessions.labels("established").inc()
         try:
             await stream.send_all(head)
+            del head
             await tunnel.run(leftover)
         finally:
             self._tunnels.discard(tunnel)
