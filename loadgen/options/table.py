@@ -9,7 +9,7 @@ this table.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
 from loadgen.options import spec as s
@@ -400,9 +400,6 @@ class ClientOptions:
         if self.dtls_ciphers is None and self.dtls12_ciphers is None:
             return DEFAULT_DTLS_OFFER, DEFAULT_DTLS12_OFFER
         return self.dtls_ciphers, self.dtls12_ciphers
-
-    def without_secrets(self) -> ClientOptions:
-        return replace(self, password=None)
 
 
 _TABLE: tuple[tuple[str, Spec, Any], ...] = tuple(
