@@ -2,10 +2,11 @@
 
 One builder for every certificate the project makes: a CA (:func:`make_ca`) and a
 server certificate signed by it (:func:`issue_server_cert`) for 127.0.0.1, ::1,
-localhost or any other names, with an ECDSA P-256 or RSA 2048 key and a chosen
-validity (back-dated an hour by default, so a clock skew between processes never
-makes it "not yet valid"; ``valid_from`` in the past makes an expired one).  Two
-ways to use it:
+localhost or any other names, or a client certificate for a user
+(:func:`issue_client_cert`, what ``loadgen pki`` issues), with an ECDSA P-256 or
+RSA 2048 key and a chosen validity (back-dated an hour by default, so a clock skew
+between processes never makes it "not yet valid"; ``valid_from`` in the past makes
+an expired one).  Two ways to use it:
 
 - :func:`ensure_pki`, the gateway's: the CA is kept in ``DIR/ca.pem`` (+ key) and
   reused, so clients that trust it once keep trusting later runs; each call makes a
@@ -51,7 +52,9 @@ __all__ = [
     "PrivateKey",
     "ServerPki",
     "ensure_pki",
+    "issue_client_cert",
     "issue_server_cert",
+    "load_ca",
     "make_ca",
     "make_server_pki",
     "new_key",
@@ -196,6 +199,40 @@ def issue_server_cert(
     return cert, key
 
 
+def issue_client_cert(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    common_name: str,
+    key_type: KeyType = "ecdsa",
+    *,
+    valid_days: float = 365,
+    valid_from: datetime.datetime | None = None,
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A TLS client certificate for the user ``common_name`` (subject CN, which is
+    what a gateway's certificate authentication maps to the user name), signed by
+    the CA, and its key."""
+    key = new_key(key_type)
+    start, end = _validity(valid_days, valid_from)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False, key_encipherment=key_type == "rsa"), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -232,6 +269,25 @@ def _load_or_make_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey]:
     cert, key = make_ca("loadgen reference gateway CA")
     write_key(key_path, key)
     write_cert(ca_path, cert)
+    return cert, key
+
+
+def load_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey]:
+    """The CA of ``DIR/ca.pem`` and ``DIR/ca-key.pem`` (a gateway's ``--cert-dir``).
+
+    ValueError when a file is missing or unreadable, the key is not RSA or ECDSA,
+    or it does not belong to the certificate.
+    """
+    ca_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
+    try:
+        cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot load the CA of {directory}: {exc}") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: the CA key is neither RSA nor ECDSA")
+    if key.public_key() != cert.public_key():
+        raise ValueError(f"{key_path} is not the key of {ca_path}")
     return cert, key
 
 
