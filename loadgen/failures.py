@@ -48,8 +48,16 @@ class Reason(enum.StrEnum):
     HTTP_STATUS = "http_status"
     #: the gateway refused the credentials
     AUTH_REJECTED = "auth_rejected"
-    #: the gateway asked for something we cannot answer (SSO, HostScan, certificate)
+    #: the gateway asked for a form field we cannot answer (and none of the below)
     AUTH_UNSUPPORTED = "auth_unsupported"
+    #: the gateway wants a client certificate: none configured, or one it did not take
+    CERTIFICATE_REQUIRED = "certificate_required"
+    #: the gateway asks for a second factor (OTP, secondary password, challenge) we lack
+    SECOND_FACTOR_REQUIRED = "second_factor_required"
+    #: the gateway asks for single sign-on (SAML); not supported
+    SSO_REQUIRED = "sso_required"
+    #: the gateway asks for HostScan / Secure Desktop posture; not supported
+    HOSTSCAN_REQUIRED = "hostscan_required"
     #: the requested group is not in the gateway's group list
     GROUP_UNKNOWN = "group_unknown"
     #: the downloaded profile does not match its advertised SHA-1

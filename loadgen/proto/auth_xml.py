@@ -65,6 +65,12 @@ _URI_CHARS = re.compile(r"[\x21-\x7e]{1,2048}\Z")
 # A session token ends up in a Cookie header.
 _TOKEN_CHARS = re.compile(r"[\x21-\x2b\x2d-\x3a\x3c-\x7e]{1,4096}\Z")
 _SHA1_HEX = re.compile(r"[0-9A-Fa-f]{40}\Z")
+#: Real documents nest five or six deep; a deeper one is an attack on the parser.
+MAX_DEPTH = 32
+#: Elements whose text ocserv writes unescaped (its banners, §2.4, §2.6).
+_TEXT_ELEMENTS = (b"banner", b"pre-login-banner", b"message")
+#: An ``&`` that starts no character or entity reference (ocserv's unescaped banners).
+_BARE_AMP = re.compile(rb"&(?!#[0-9]{1,7};|#x[0-9A-Fa-f]{1,6};|[A-Za-z_][A-Za-z0-9._-]{0,31};)")
 # Characters XML 1.0 cannot carry, even escaped.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -135,8 +141,10 @@ class AuthForm:
     host_scan_requested: bool = False
     #: SAML / external browser login (``type="sso"`` inputs, ``<sso-v2-*>``)
     sso_requested: bool = False
-    #: ``<client-cert-request>`` or multiple-cert (§2.9)
+    #: ``<client-cert-request>``: present a certificate, or say ``<client-cert-fail/>`` (§2.9)
     client_cert_requested: bool = False
+    #: ``<multiple-client-cert-request>``: the two-certificate signature flow
+    multiple_cert_requested: bool = False
 
     @property
     def group_list(self) -> FormSelect | None:
@@ -176,6 +184,12 @@ class AuthComplete:
     core_manifest: tuple[CoreManifestEntry, ...] = ()
     banner: str | None = None
     message: str | None = None
+    #: the text of an ``<error>``: a ``complete`` that is no success (ASA, e.g. CSD missing)
+    error: str | None = None
+    #: manifest entries that could not be used and were skipped (openconnect skips them)
+    skipped_entries: int = 0
+    #: False for a ``type="complete"`` without ``auth id="success"`` that carries an error
+    succeeded: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +221,10 @@ class ClientLogout:
 # -- parsing --------------------------------------------------------------------
 
 
+class _TooDeepError(Exception):
+    """Raised from inside expat: the document nests deeper than MAX_DEPTH."""
+
+
 class _Target:
     """TreeBuilder target that also notes where a top-level ``<opaque>`` starts."""
 
@@ -220,6 +238,8 @@ class _Target:
         if self._depth == 1 and tag == "opaque":
             self.opaque_at = self.position()
         self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _TooDeepError
         return self._builder.start(tag, attrs)
 
     def end(self, tag: str) -> Element:
@@ -283,6 +303,48 @@ def _parse_untrusted(body: bytes, what: str) -> tuple[Element, bytes | None]:
     body = bytes(body)
     if len(body) > MAX_BODY_BYTES:
         raise BadPacketError(f"{what}: {len(body)} bytes exceed the {MAX_BODY_BYTES} byte cap")
+    try:
+        return _parse_once(body, what)
+    except _MalformedError as exc:
+        repaired = _repair(body)
+        if repaired == body:
+            raise BadPacketError(str(exc)) from None
+        try:
+            return _parse_once(repaired, what)
+        except _MalformedError:
+            raise BadPacketError(str(exc)) from None
+
+
+class _MalformedError(Exception):
+    """Not well-formed XML: the one failure a repair may cure."""
+
+
+def _repair(body: bytes) -> bytes:
+    """ocserv's unescaped banners made well-formed, as openconnect's parser recovers them.
+
+    Only a bare ``&`` and the ``<``/``>`` inside the text elements ocserv fills
+    from its configuration are escaped; nothing can add a DTD or an entity, so
+    whatever the strict parse refused for safety stays refused.
+    """
+    repaired = _BARE_AMP.sub(b"&amp;", body)
+    for tag in _TEXT_ELEMENTS:
+        opener, closer = b"<" + tag + b">", b"</" + tag + b">"
+        out: list[bytes] = []
+        pos = 0
+        while (start := repaired.find(opener, pos)) >= 0:
+            inner = start + len(opener)
+            end = repaired.find(closer, inner)
+            if end < 0:
+                break
+            text = repaired[inner:end].replace(b"<", b"&lt;").replace(b">", b"&gt;")
+            out += [repaired[pos:inner], text, closer]
+            pos = end + len(closer)
+        out.append(repaired[pos:])
+        repaired = b"".join(out)
+    return repaired
+
+
+def _parse_once(body: bytes, what: str) -> tuple[Element, bytes | None]:
     target = _Target()
     # encoding="utf-8" overrides the declaration: byte offsets below are UTF-8
     # offsets, and the opaque bytes are pasted into our own UTF-8 replies.
@@ -304,8 +366,10 @@ def _parse_untrusted(body: bytes, what: str) -> tuple[Element, bytes | None]:
         raise BadPacketError(f"{what}: entity declarations are forbidden") from exc
     except DefusedXmlException as exc:
         raise BadPacketError(f"{what}: forbidden XML construct ({type(exc).__name__})") from exc
+    except _TooDeepError:
+        raise BadPacketError(f"{what}: nested deeper than {MAX_DEPTH} elements") from None
     except ParseError as exc:
-        raise BadPacketError(f"{what}: malformed XML ({exc})") from exc
+        raise _MalformedError(f"{what}: malformed XML ({exc})") from exc
     except (ValueError, LookupError, UnicodeError, RecursionError) as exc:
         raise BadPacketError(f"{what}: unparsable XML ({type(exc).__name__})") from exc
     if not isinstance(root, Element):
@@ -384,11 +448,9 @@ def _parse_select(element: Element) -> FormSelect:
 
 def _parse_form(root: Element, auth: Element | None, opaque: bytes | None) -> AuthForm:
     host_scan = root.find("host-scan") is not None
-    client_cert = any(
-        root.find(tag) is not None
-        for tag in ("client-cert-request", "multiple-client-cert-request")
-    )
-    if auth is None and not (host_scan or client_cert):
+    client_cert = root.find("client-cert-request") is not None
+    multiple_cert = root.find("multiple-client-cert-request") is not None
+    if auth is None and not (host_scan or client_cert or multiple_cert):
         raise BadPacketError("auth response has neither <auth> nor a known request")
     # openconnect also reads a top-level <error>.
     error = _message(root.find("error"))
@@ -428,6 +490,7 @@ def _parse_form(root: Element, auth: Element | None, opaque: bytes | None) -> Au
         host_scan_requested=host_scan,
         sso_requested=sso,
         client_cert_requested=client_cert,
+        multiple_cert_requested=multiple_cert,
     )
 
 
@@ -456,15 +519,28 @@ def _parse_complete(root: Element, auth: Element | None) -> AuthComplete:
     cert_hash: str | None = None
     profiles: list[ProfileManifestEntry] = []
     core: list[CoreManifestEntry] = []
+    skipped = 0
     for config in root.findall("config"):
         cert_hash = _stripped(config.find("vpn-base-config/server-cert-hash")) or cert_hash
         for entry in config.findall("vpn-profile-manifest/vpn/file"):
             if (entry.get("type") or "profile") == "profile":
-                profiles.append(_parse_profile_file(entry))
+                try:
+                    profiles.append(_parse_profile_file(entry))
+                except BadPacketError:
+                    # openconnect skips an entry it cannot use; the login goes on
+                    skipped += 1
         for entry in config.iterfind(".//vpn-core-manifest/vpn/file"):
             uri = _stripped(entry.find("uri"))
-            if uri is not None:
+            if uri is not None and _URI_CHARS.match(uri):
                 core.append(CoreManifestEntry(uri=uri, version=entry.get("version") or ""))
+            else:
+                skipped += 1
+    error = _message(root.find("error"))
+    if auth is not None:
+        error = _message(auth.find("error")) or error
+    succeeded = (
+        error is None or token is not None or (auth is not None and auth.get("id") == "success")
+    )
     return AuthComplete(
         session_token=token,
         session_id=_stripped(root.find("session-id")),
@@ -473,6 +549,9 @@ def _parse_complete(root: Element, auth: Element | None) -> AuthComplete:
         core_manifest=tuple(core),
         banner=_message(auth.find("banner")) if auth is not None else None,
         message=_message(auth.find("message")) if auth is not None else None,
+        error=error,
+        skipped_entries=skipped,
+        succeeded=succeeded,
     )
 
 
@@ -547,10 +626,21 @@ def _client_head(info: ClientInfo, kind: str) -> list[str]:
     ]
 
 
-def build_init(info: ClientInfo, *, group_access: str, group_select: str | None = None) -> bytes:
-    """``init`` as openconnect sends it (§2.3), without SSO capabilities."""
+def build_init(
+    info: ClientInfo,
+    *,
+    group_access: str,
+    group_select: str | None = None,
+    client_cert_fail: bool = False,
+) -> bytes:
+    """``init`` as openconnect sends it (§2.3), without SSO or multiple-cert capabilities.
+
+    ``client_cert_fail`` answers a ``<client-cert-request/>`` we cannot satisfy (§2.9).
+    """
     parts = _client_head(info, "init")
     parts.append(f"<group-access>{_esc(group_access)}</group-access>")
+    if client_cert_fail:
+        parts.append("<client-cert-fail/>")
     if group_select is not None:
         parts.append(f"<group-select>{_esc(group_select)}</group-select>")
     # libxml2 (openconnect) ends the document with a newline

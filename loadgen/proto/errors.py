@@ -12,10 +12,14 @@ __all__ = [
     "AuthRejectedError",
     "AuthUnsupportedError",
     "BadPacketError",
+    "CertificateRequiredError",
     "GroupUnknownError",
+    "HostScanRequiredError",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "SecondFactorRequiredError",
+    "SsoRequiredError",
 ]
 
 
@@ -49,6 +53,24 @@ class AuthRejectedError(RemoteProtocolError):
 class AuthUnsupportedError(RemoteProtocolError):
     """The gateway asked for something a synthetic client cannot give
     (single sign-on, HostScan/CSD, a certificate, a form field we have no value for)."""
+
+
+class CertificateRequiredError(AuthUnsupportedError):
+    """The gateway wants a client certificate we do not have (or cannot give: the
+    ``multiple-client-cert-request`` signature flow)."""
+
+
+class SecondFactorRequiredError(AuthUnsupportedError):
+    """The gateway asks for a second factor (one-time code, ASA ``secondary_password``,
+    a RADIUS challenge) and none is configured."""
+
+
+class SsoRequiredError(AuthUnsupportedError):
+    """The gateway asks for single sign-on (SAML, an external browser)."""
+
+
+class HostScanRequiredError(AuthUnsupportedError):
+    """The gateway asks for HostScan / Cisco Secure Desktop posture results."""
 
 
 class GroupUnknownError(ProtocolError):

@@ -34,6 +34,7 @@ from loadgen.proto.auth import (
     parse_auth_response_untrusted,
     parse_client_message_untrusted,
 )
+from loadgen.proto.auth_xml import MAX_DEPTH
 from loadgen.proto.errors import (
     AuthRejectedError,
     AuthUnsupportedError,
@@ -42,6 +43,7 @@ from loadgen.proto.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    SecondFactorRequiredError,
 )
 
 DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -292,9 +294,6 @@ def test_error_text_with_params_and_hidden_inputs() -> None:
         b"<config-auth><auth><form action='/a b'/></auth></config-auth>",
         b"<config-auth><auth><form action=''/></auth></config-auth>",
         b"<config-auth type='complete'><session-token>a;b</session-token></config-auth>",
-        b"<config-auth type='complete'><config><vpn-profile-manifest><vpn><file type='profile'>"
-        b"<uri>/p</uri><hash type='sha1'>nothex</hash></file></vpn></vpn-profile-manifest>"
-        b"</config></config-auth>",
         b"<config-auth type='auth-request'/>",
         b"<config-auth type='init'><auth id='main'/></config-auth>",
         b"<html><body>It works!</body></html>",
@@ -343,12 +342,16 @@ def test_hostile_xml_is_a_bad_packet(
         parse(body)
 
 
-def test_deep_nesting_is_fine() -> None:
-    depth = 30_000
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 3, MAX_DEPTH - 2, 30_000])
+def test_nesting_is_bounded(depth: int) -> None:
     body = b'<config-auth type="auth-request"><auth id="main"><message>'
     body += b"<b>" * depth + b"x" + b"</b>" * depth + b"</message></auth></config-auth>"
-    form = parse_auth_response_untrusted(body)
-    assert isinstance(form, AuthForm) and form.message == "x"
+    if depth + 3 <= MAX_DEPTH:
+        form = parse_auth_response_untrusted(body)
+        assert isinstance(form, AuthForm) and form.message == "x"
+    else:
+        with pytest.raises(BadPacketError, match="nested deeper"):
+            parse_auth_response_untrusted(body)
 
 
 def test_opaque_echo_survives_tricky_markup() -> None:
@@ -727,13 +730,13 @@ def test_unknown_group_lists_the_offered_names() -> None:
     [
         (b'<auth id="main"><form><input type="sso" name="sso-token"/></form></auth>', "sign-on"),
         (b'<auth id="main"/><host-scan><host-scan-ticket>T</host-scan-ticket></host-scan>', "Host"),
-        (b"<client-cert-request/>", "certificate"),
+        (b"<multiple-client-cert-request/>", "two certificates"),
         (b'<auth id="main"><form method="get"><input type="text" name="username"/></form></auth>',
          "method"),
         (b'<auth id="main"><form><input type="text" name="username"/>'
-         b'<input type="text" name="secondary_username"/></form></auth>', "secondary_username"),
+         b'<input type="text" name="domain"/></form></auth>', "domain"),
         (b'<auth id="main"><form><input type="password" name="password"/>'
-         b'<input type="password" name="secondary_password"/></form></auth>', "another secret"),
+         b'<input type="password" name="secondary_password"/></form></auth>', "second factor"),
         (b'<auth id="main"><form action="https://evil.example/auth"/></auth>', "another server"),
     ],
 )  # fmt: skip
@@ -745,12 +748,12 @@ def test_unsupported_requests(fragment: bytes, words: str) -> None:
         flow.receive(200, body)
 
 
-def test_otp_after_password_is_unsupported_not_rejected() -> None:
+def test_otp_after_password_is_second_factor_not_rejected() -> None:
     flow = make_flow()
     flow.start()
     flow.receive(200, build_auth_request(message="m", inputs=[USERNAME, PASSWORD]))
     otp = FormInput(type="password", name="secondary_password", label="Password2:")
-    with pytest.raises(AuthUnsupportedError, match="secondary_password"):
+    with pytest.raises(SecondFactorRequiredError, match="secondary_password"):
         flow.receive(200, build_auth_request(message="Enter your OTP", inputs=[otp]))
 
 
