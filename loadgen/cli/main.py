@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from loadgen import __version__
-from loadgen.cli import connect, faultproxy, gateway, run
+from loadgen.cli import connect, faultproxy, gateway, pki, run
 
 __all__ = ["main"]
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_parser(sub)
     faultproxy.add_parser(sub)
     gateway.add_parser(sub)
+    pki.add_parser(sub)
     run.add_parser(sub)
     return parser
 
