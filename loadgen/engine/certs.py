@@ -113,19 +113,19 @@ def _load_pem(ctx: ssl.SSLContext, cert: ClientCertificate) -> None:
         raise CertificateError(
             f"the private key in {keyfile} is encrypted: give its key password"
         ) from None
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise _diagnose_pem(cert, keyfile, password, exc) from None
     except OSError as exc:  # the key file (the certificate was read above)
-        raise CertificateError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        raise CertificateError(f"cannot read key {keyfile}: {exc.strerror or exc}") from None
     except ValueError as exc:  # e.g. a password longer than OpenSSL's buffer
         raise CertificateError(f"cannot use the key password for {keyfile}: {exc}") from None
-    except ssl.SSLError as exc:
-        raise _diagnose_pem(cert, keyfile, password, exc) from None
 
 
 def _diagnose_pem(
     cert: ClientCertificate, keyfile: str, password: bytes | None, exc: ssl.SSLError
 ) -> CertificateError:
     """Why OpenSSL refused the files: its own message is often only "PEM lib"."""
-    if exc.reason == "KEY_VALUES_MISMATCH":
+    if _reason(exc) == "KEY_VALUES_MISMATCH":
         return _mismatch(cert, keyfile)
     try:
         key_data = _read(keyfile, "key")
@@ -150,8 +150,7 @@ def _diagnose_pem(
     if leaf.public_key() != key.public_key():
         return _mismatch(cert, keyfile)
     return CertificateError(
-        f"cannot load the client certificate {cert.certificate}: "
-        f"{exc.reason or exc.library or 'rejected by OpenSSL'}"
+        f"cannot load the client certificate {cert.certificate}: {_reason(exc)}"
     )
 
 
@@ -163,6 +162,13 @@ def _load_pem_key(data: bytes, password: bytes | None) -> PrivateKeyTypes:
             raise ValueError("encrypted") from None
         # a password for a key that is not encrypted: OpenSSL ignores it, so do we
         return serialization.load_pem_private_key(data, None)
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason code; an SSLError made in Python has none."""
+    return str(
+        getattr(exc, "reason", None) or getattr(exc, "library", None) or "rejected by OpenSSL"
+    )
 
 
 def _mismatch(cert: ClientCertificate, keyfile: str) -> CertificateError:
@@ -198,13 +204,13 @@ def _load_pkcs12(ctx: ssl.SSLContext, cert: ClientCertificate, data: bytes) -> N
         with open(fd, "wb") as f:
             f.write(pem)
         ctx.load_cert_chain(name, password=transient)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if _reason(exc) == "KEY_VALUES_MISMATCH":
             raise CertificateError(
                 f"the private key in {path} does not match its certificate"
             ) from None
         raise CertificateError(
-            f"cannot load the client certificate {path}: {exc.reason or 'rejected by OpenSSL'}"
+            f"cannot load the client certificate {path}: {_reason(exc)}"
         ) from None
     except OSError as exc:
         raise CertificateError(f"cannot stage {path} for OpenSSL: {exc.strerror}") from None
