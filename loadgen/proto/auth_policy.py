@@ -1,12 +1,14 @@
 """Who may log in to the reference gateway, and how it behaves while they try.
 
 The configuration of the server side of aggregate auth (protocol.md §2.3 to
-§2.7), shared by every personality: users and their groups, the groups and
-their aliases, the profile, the limits.  Passwords never appear in a repr.
+§2.7), shared by every personality: what a login needs (``AuthMode``), users
+and their groups, the groups and their aliases, the profile, the limits.
+Passwords and OTP keys never appear in a repr.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Mapping
@@ -14,10 +16,28 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from loadgen.proto.auth_xml import ProfileManifestEntry
+from loadgen.proto.otp import OtpUser
 
-__all__ = ["AuthPolicy", "GroupSpec", "UserSpec"]
+__all__ = ["AuthMode", "AuthPolicy", "GroupSpec", "UserSpec"]
 
 _SHA1_HEX = re.compile(r"[0-9A-Fa-f]{40}\Z")
+
+
+class AuthMode(enum.StrEnum):
+    """What a login needs, as ocserv's ``auth =`` lines combine them."""
+
+    #: ``auth = "plain[passwd=...]"``: username, then password
+    PASSWORD = "password"
+    #: ``auth = "certificate"``: a client certificate chaining to the client CA; its CN is the user
+    CERTIFICATE = "certificate"
+    #: ``auth = "plain"`` + ``enable-auth = "certificate"``: both, the username being the CN
+    CERTIFICATE_PASSWORD = "certificate+password"
+    #: ``auth = "plain[passwd=...,otp=...]"``: password, then a one-time password
+    PASSWORD_OTP = "password+otp"
+
+    @property
+    def needs_certificate(self) -> bool:
+        return self in (AuthMode.CERTIFICATE, AuthMode.CERTIFICATE_PASSWORD)
 
 
 @dataclass(frozen=True)
@@ -40,8 +60,11 @@ class UserSpec:
 class AuthPolicy:
     """Who may log in, and how the gateway behaves while they try."""
 
+    mode: AuthMode = AuthMode.PASSWORD
     #: None accepts any non-empty username with any password (the load-test mode)
     users: Mapping[str, UserSpec] | None = None
+    #: PASSWORD_OTP: the tokens by user (ocserv's ``otp=`` file, ``loadgen.proto.otp``)
+    otp_users: Mapping[str, OtpUser] | None = field(default=None, repr=False)
     groups: tuple[GroupSpec, ...] = ()
     #: the group listed first (selected); the first group when None
     default_group: str | None = None
@@ -62,6 +85,10 @@ class AuthPolicy:
         if self.users is not None:
             # a private read-only copy: the caller's dict may change later
             object.__setattr__(self, "users", MappingProxyType(dict(self.users)))
+        if self.otp_users is not None:
+            object.__setattr__(self, "otp_users", MappingProxyType(dict(self.otp_users)))
+        if (self.mode is AuthMode.PASSWORD_OTP) != (self.otp_users is not None):
+            raise ValueError("otp_users are given exactly when the mode is password+otp")
         names = [g.name for g in self.groups]
         folded = [n.casefold() for n in names]
         if any(not n for n in names) or len(set(folded)) != len(folded):

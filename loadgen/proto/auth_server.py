@@ -21,7 +21,7 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from loadgen.proto.auth_policy import AuthPolicy, GroupSpec, UserSpec
+from loadgen.proto.auth_policy import AuthMode, AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.auth_xml import (
     ClientAuthReply,
     ClientInit,
@@ -29,6 +29,7 @@ from loadgen.proto.auth_xml import (
     parse_client_message_untrusted,
 )
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
+from loadgen.proto.otp import OtpVerifier
 from loadgen.proto.personality import Personality
 from loadgen.proto.personality.base import (
     ERROR_LABELS,
@@ -40,6 +41,7 @@ from loadgen.proto.personality.base import (
 
 __all__ = [
     "ERROR_LABELS",
+    "AuthMode",
     "AuthPolicy",
     "AuthResponse",
     "AuthServer",
@@ -54,6 +56,8 @@ _TOKEN_BYTES = 32
 _RATIO_BYTES = 8
 #: Fresh ids per context before blaming the random source.
 _ID_ATTEMPTS = 4
+#: A certificate CN longer than this names no user (ocserv keeps MAX_USERNAME_SIZE 64 bytes).
+_MAX_CN_CHARS = 256
 
 
 class AuthServer:
@@ -72,6 +76,7 @@ class AuthServer:
         groups = policy.groups
         self._default_group = policy.default_group or (groups[0].name if groups else None)
         self._auth_paths = personality.auth_paths
+        self._otp = OtpVerifier(policy.otp_users) if policy.otp_users is not None else None
         self._dialect = personality.auth_dialect(policy, self)
         # compared against when the user is unknown, so both paths do the same work
         self._dummy_secret = b"\x00" * 32
@@ -108,8 +113,14 @@ class AuthServer:
         cookies: Mapping[str, str],
         body: bytes,
         now: float,
+        peer_cn: str | None = None,
     ) -> AuthResponse:
-        """Answer one HTTP request of phases 2 and 3."""
+        """Answer one HTTP request of phases 2 and 3.
+
+        ``peer_cn``: the subject CN of the TLS peer's verified client
+        certificate (ocserv's ``cert-user-oid = 2.5.4.3``); None without one,
+        ``""`` for a certificate without a CN.
+        """
         if path.partition("?")[0] not in self._auth_paths:
             # ocserv: "404 Not found" + Connection: close (§3)
             return self._dialect.closing(Answer.NOT_FOUND, "not_found")
@@ -125,9 +136,9 @@ class AuthServer:
         if isinstance(message, ClientLogout):
             return self._dialect.logout(ctx, message)
         if isinstance(message, ClientAuthReply):
-            return self._dialect.reply(ctx, message, expired=expired, now=now)
+            return self._dialect.reply(ctx, message, expired=expired, now=now, peer_cn=peer_cn)
         # an init, or GET (message None)
-        return self._dialect.start(ctx, message, now)
+        return self._dialect.start(ctx, message, now, peer_cn=peer_cn)
 
     # -- AuthServices -----------------------------------------------------------------
 
@@ -169,6 +180,23 @@ class AuthServer:
     def check_password(self, ctx: AuthContext, password: str) -> bool:
         """The password and group check, then the injected ``reject_ratio`` refusal."""
         return self._verify(ctx, password) and not self._injected_reject()
+
+    def check_certificate(self, ctx: AuthContext, peer_cn: str) -> bool:
+        """The CN is the user (no password): it must be usable and, with users, in the group."""
+        if not peer_cn or len(peer_cn) > _MAX_CN_CHARS:
+            return False
+        users = self._policy.users
+        spec = users.get(peer_cn) if users is not None else None
+        if spec is not None and spec.groups is not None and ctx.group not in spec.groups:
+            return False
+        return not self._injected_reject()
+
+    def check_otp(self, ctx: AuthContext, code: str, now: float) -> bool:
+        if self._otp is None:
+            raise LocalProtocolError("check_otp without otp_users in the policy")
+        username = ctx.username if ctx.username_ok and ctx.username else ""
+        # an unknown or empty user name is checked too: the verifier does the same work
+        return self._otp.check(username, code, now)
 
     def new_token(self) -> str:
         return base64.b64encode(self._draw(_TOKEN_BYTES)).decode("ascii")

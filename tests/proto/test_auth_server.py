@@ -33,6 +33,7 @@ from loadgen.proto.auth import (
 )
 from loadgen.proto.auth_server import (
     ERROR_LABELS,
+    AuthMode,
     AuthPolicy,
     AuthResponse,
     AuthServer,
@@ -46,6 +47,7 @@ from loadgen.proto.errors import (
     RemoteProtocolError,
 )
 from loadgen.proto.http import CookieJar, parse_cookies
+from loadgen.proto.otp import parse_otp_users_file
 from loadgen.proto.personality import personality_for
 
 DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -105,6 +107,8 @@ class Wire:
         self.server = server
         self.jar = CookieJar()
         self.now = now
+        #: the TLS peer certificate's CN the gateway would pass
+        self.peer_cn: str | None = None
         self.log: list[AuthResponse] = []
 
     def cookies(self) -> dict[str, str]:
@@ -113,7 +117,12 @@ class Wire:
 
     def send(self, path: str, body: bytes = b"", method: str = "POST") -> AuthResponse:
         response = self.server.handle(
-            method=method, path=path, cookies=self.cookies(), body=body, now=self.now
+            method=method,
+            path=path,
+            cookies=self.cookies(),
+            body=body,
+            now=self.now,
+            peer_cn=self.peer_cn,
         )
         assert isinstance(response, AuthResponse)
         self.jar.update_from_headers((k.encode(), v.encode("latin-1")) for k, v in response.headers)
@@ -809,3 +818,205 @@ def test_fuzz_conversations_keep_the_bounds(
         for name, value in response.headers:
             if name == "Set-Cookie" and value.startswith("webvpncontext=") and "1970" not in value:
                 issued.append(value.split(";")[0].removeprefix("webvpncontext="))
+
+
+# -- auth modes: certificate, certificate+password, password+otp -------------------------------
+
+OTP_KEY = b"12345678901234567890"
+#: RFC 4226 appendix D, counters 0 and 1 of OTP_KEY
+HOTP_0, HOTP_1 = "755224", "287082"
+OTP_MESSAGE = "Please enter your OTP password."
+
+
+def otp_server(**policy: object) -> AuthServer:
+    users = parse_otp_users_file(f"HOTP alice - {OTP_KEY.hex()}\n")
+    return make_server(mode=AuthMode.PASSWORD_OTP, otp_users=users, **policy)
+
+
+def test_certificate_mode_answers_the_init_with_the_complete() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE, groups=GROUPS))
+    wire.peer_cn = "carol"
+    done, phases = converse(make_flow(username="ignored", password="ignored"), wire)
+    assert done == AuthComplete() and phases == ["group_select"]
+    assert wire.log[0].body == OCSERV_COMPLETE
+    success = wire.log[0].success
+    assert success is not None and (success.username, success.group) == ("carol", "group1")
+    assert wire.jar.get("webvpn") == success.cookie
+    assert wire.server.pending == 0
+
+
+def test_certificate_mode_group_select_in_the_init() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE, groups=GROUPS))
+    wire.peer_cn = "carol"
+    success = wire.send("/", init("Group Two")).success
+    assert success is not None and success.group == "group2"
+
+
+def test_certificate_mode_without_a_certificate_is_401_no_certificate() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE))
+    response = wire.send("/", init())
+    assert (response.status, response.reason, response.close) == (401, "No certificate", True)
+    assert response.body == b"" and response.error_label == "no_certificate"
+    assert wire.server.pending == 0
+    # the client role reads it as a refusal (a certificate it lacks)
+    with pytest.raises(RemoteProtocolError, match="No certificate"):
+        converse(make_flow(), Wire(make_server(mode=AuthMode.CERTIFICATE)))
+
+
+def test_certificate_mode_refuses_a_certificate_without_a_cn() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE))
+    wire.peer_cn = ""
+    response = wire.send("/", init())
+    assert (response.status, response.reason) == (401, "Authentication failed")
+    assert response.success is None and response.error_label == "auth_failed"
+
+
+def test_certificate_mode_keeps_groups_of_configured_users() -> None:
+    users = {"carol": UserSpec("unused", groups=("group2",))}
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE, groups=GROUPS, users=users))
+    wire.peer_cn = "carol"
+    assert wire.send("/", init()).status == 401  # group1 is not hers
+    assert wire.send("/", init("group2")).success is not None
+
+
+def test_certificate_mode_reject_ratio() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE, reject_ratio=1.0))
+    wire.peer_cn = "carol"
+    assert wire.send("/", init()).status == 401
+
+
+def test_certificate_password_conversation() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE_PASSWORD, users=ALICE))
+    wire.peer_cn = "alice"
+    done, phases = converse(make_flow(), wire)
+    assert done == AuthComplete() and phases == ["group_select", "auth", "auth"]
+    assert form_of(wire.log[1]).message == "Please enter your password."
+    success = wire.log[-1].success
+    assert success is not None and success.username == "alice"
+
+
+def test_certificate_password_without_a_certificate() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE_PASSWORD, users=ALICE))
+    # the init still gets the username form: ocserv reads the username first
+    assert wire.send("/", init()).body == OCSERV_USERNAME_FORM
+    response = wire.send("/auth", reply({"username": "alice"}))
+    assert (response.status, response.reason, response.close) == (401, "No certificate", True)
+    assert response.error_label == "no_certificate" and wire.server.pending == 0
+
+
+def test_certificate_password_username_must_be_the_cn() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE_PASSWORD, users=ALICE))
+    wire.peer_cn = "mallory"
+    with pytest.raises(AuthRejectedError):
+        converse(make_flow(), wire)
+    last = wire.log[-1]
+    assert (last.status, last.reason, last.close) == (401, "Authentication failed", True)
+    assert last.error_label == "cert_user_mismatch" and last.success is None
+
+
+def test_certificate_password_wrong_password_retries_as_in_password_mode() -> None:
+    wire = Wire(make_server(mode=AuthMode.CERTIFICATE_PASSWORD, users=ALICE))
+    wire.peer_cn = "alice"
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "alice"}))
+    assert form_of(wire.send("/auth", reply({"password": "nope"}))).message == RETRY_MESSAGE
+    assert wire.send("/auth", reply({"password": "s3cret"})).success is not None
+
+
+def test_password_otp_conversation_raw() -> None:
+    wire = Wire(otp_server(users=ALICE))
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "alice"}))
+    otp_form = wire.send("/auth", reply({"password": "s3cret"}))
+    assert otp_form.status == 200 and otp_form.success is None and otp_form.error_label is None
+    # ocserv: the password form again, with pass_msg_otp
+    assert otp_form.body == OCSERV_USERNAME_FORM.replace(
+        b"Please enter your username.", OTP_MESSAGE.encode()
+    ).replace(
+        b'type="text" name="username" label="Username:"',
+        b'type="password" name="password" label="Password:"',
+    )
+    assert context_cookie(otp_form) == context_cookie(wire.log[0])
+    done = wire.send("/auth", reply({"password": HOTP_0}))
+    assert done.body == OCSERV_COMPLETE
+    assert done.success is not None and done.success.username == "alice"
+    assert wire.server.pending == 0
+
+
+def otp_login(wire: Wire, code: str, password: str = "s3cret") -> AuthResponse:
+    wire.jar = CookieJar()
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "alice"}))
+    assert form_of(wire.send("/auth", reply({"password": password}))).message == OTP_MESSAGE
+    return wire.send("/auth", reply({"password": code}))
+
+
+def test_password_otp_wrong_code_is_final_like_ocserv() -> None:
+    wire = Wire(otp_server(users=ALICE))
+    response = otp_login(wire, "000000")
+    assert (response.status, response.reason, response.close) == (
+        401,
+        "Authentication failed",
+        True,
+    )
+    assert response.error_label == "otp_failed" and wire.server.pending == 0
+
+
+def test_password_otp_refuses_a_replayed_code() -> None:
+    wire = Wire(otp_server(users=ALICE))
+    assert otp_login(wire, HOTP_0).success is not None
+    assert otp_login(wire, HOTP_0).error_label == "otp_failed"
+    assert otp_login(wire, HOTP_1).success is not None
+
+
+def test_password_otp_wrong_password_comes_before_the_otp() -> None:
+    wire = Wire(otp_server(users=ALICE))
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "alice"}))
+    assert form_of(wire.send("/auth", reply({"password": "nope"}))).message == RETRY_MESSAGE
+    assert form_of(wire.send("/auth", reply({"password": "s3cret"}))).message == OTP_MESSAGE
+
+
+def test_password_otp_user_without_a_token_is_refused() -> None:
+    wire = Wire(otp_server())  # any password; only alice has a token
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "bob"}))
+    assert form_of(wire.send("/auth", reply({"password": "x"}))).message == OTP_MESSAGE
+    assert wire.send("/auth", reply({"password": HOTP_0})).error_label == "otp_failed"
+
+
+def test_password_otp_no_code() -> None:
+    wire = Wire(otp_server(users=ALICE))
+    wire.send("/", init())
+    wire.send("/auth", reply({"username": "alice"}))
+    wire.send("/auth", reply({"password": "s3cret"}))
+    response = wire.send("/auth", reply({"username": "alice"}))
+    assert (response.status, response.reason) == (401, "No password")
+
+
+def test_policy_mode_and_otp_users_go_together() -> None:
+    with pytest.raises(ValueError):
+        AuthPolicy(mode=AuthMode.PASSWORD_OTP)
+    with pytest.raises(ValueError):
+        AuthPolicy(otp_users={})
+    users = parse_otp_users_file(f"HOTP alice - {OTP_KEY.hex()}\n")
+    assert OTP_KEY.hex() not in repr(AuthPolicy(mode=AuthMode.PASSWORD_OTP, otp_users=users))
+
+
+@pytest.mark.parametrize("mode", list(AuthMode))
+@given(documents=st.lists(st.binary(max_size=200), max_size=6), cn=st.none() | st.text(max_size=8))
+@settings(max_examples=40, deadline=None)
+def test_fuzz_every_mode_answers_with_known_labels(
+    mode: AuthMode, documents: list[bytes], cn: str | None
+) -> None:
+    extra: dict[str, object] = {}
+    if mode is AuthMode.PASSWORD_OTP:
+        extra["otp_users"] = parse_otp_users_file(f"HOTP alice - {OTP_KEY.hex()}\n")
+    wire = Wire(make_server(mode=mode, users=ALICE, **extra))
+    wire.peer_cn = cn
+    for body in [init(), reply({"username": "alice"}), *documents]:
+        response = wire.send("/auth", body)
+        assert response.error_label is None or response.error_label in ERROR_LABELS
+        if response.success is not None:
+            assert mode is not AuthMode.PASSWORD_OTP
+            assert cn

@@ -23,8 +23,8 @@ version exchange, group selection           ``AuthDialect.start`` (sees the ``in
 where an auth context is found              ``AuthDialect.context_key`` (cookie; ASA: the
                                             opaque's ``aggauth-handle``)
 username/password stages, double auth,      ``AuthDialect.reply``: its own stages, the
-challenges, ``<client-cert-request/>``      shared checks in ``AuthServices`` (the TLS
-                                            peer certificate joins ``handle`` then)
+challenges, ``<client-cert-request/>``      shared checks in ``AuthServices``; the TLS
+                                            peer certificate's CN is ``peer_cn``
 failures: 401, or 200 with ``<error>``      ``AuthDialect.reply`` and ``closing``
 success document, session cookies           ``AuthDialect.reply`` (``AuthSuccess``)
 logout                                      ``AuthDialect.logout``
@@ -77,6 +77,9 @@ ERROR_LABELS: Final = (
     "login_failed",  # wrong password (or refused): the password form again
     "auth_failed",  # 401 Authentication failed: the last try failed
     "logout",  # XML logout: ocserv 1.1.6 has none, the login form comes back
+    "no_certificate",  # 401 No certificate: a certificate mode without a client certificate
+    "cert_user_mismatch",  # 401: the username is not the certificate's CN (or it has none)
+    "otp_failed",  # 401: the one-time password was wrong, replayed or out of the window
 )
 
 
@@ -98,6 +101,7 @@ class Answer(enum.Enum):
     TOO_MANY_PENDING = "too_many_pending"  # too many logins in progress
     NO_PASSWORD = "no_password"  # the password stage got none
     AUTH_FAILED = "auth_failed"  # the last password try failed
+    NO_CERTIFICATE = "no_certificate"  # a certificate mode, and the TLS peer sent none
     CONNECT_MALFORMED = "connect_malformed"  # CONNECT headers that do not parse
     NO_SESSION_COOKIE = "no_session_cookie"  # CONNECT without the session cookie
     COOKIE_REJECTED = "cookie_rejected"  # CONNECT with an unknown or expired cookie
@@ -179,6 +183,12 @@ class AuthServices(Protocol):
     def check_password(self, ctx: AuthContext, password: str) -> bool:
         """Constant-time check of ``ctx.username``'s password and group, then failure injection."""
 
+    def check_certificate(self, ctx: AuthContext, peer_cn: str) -> bool:
+        """A verified certificate's CN as ``ctx.username``: usable, in the group, not injected."""
+
+    def check_otp(self, ctx: AuthContext, code: str, now: float) -> bool:
+        """``ctx.username``'s one-time password (used up when it matches)."""
+
     def new_token(self) -> str:
         """A fresh session token (base64 of 32 random bytes)."""
 
@@ -200,12 +210,29 @@ class AuthDialect(abc.ABC):
         """A documentless ``answer`` after which the connection is closed."""
 
     @abc.abstractmethod
-    def start(self, ctx: AuthContext | None, init: ClientInit | None, now: float) -> AuthResponse:
-        """An ``init`` (or a GET, ``init`` None): the first form."""
+    def start(
+        self,
+        ctx: AuthContext | None,
+        init: ClientInit | None,
+        now: float,
+        *,
+        peer_cn: str | None = None,
+    ) -> AuthResponse:
+        """An ``init`` (or a GET, ``init`` None): the first form.
+
+        ``peer_cn`` is the CN of the connection's verified client certificate:
+        None without one, ``""`` for one without a CN.
+        """
 
     @abc.abstractmethod
     def reply(
-        self, ctx: AuthContext | None, reply: ClientAuthReply, *, expired: bool, now: float
+        self,
+        ctx: AuthContext | None,
+        reply: ClientAuthReply,
+        *,
+        expired: bool,
+        now: float,
+        peer_cn: str | None = None,
     ) -> AuthResponse:
         """An ``auth-reply``; ``ctx`` None when unknown (``expired``: it timed out)."""
 

@@ -11,6 +11,19 @@ Its auth conversation (§2.3 to §2.7), as the client role ``AuthFlow``
                                             >> or 200 "Login failed" form (tries 1..n-1)
                                             >> or 401 Authentication failed + close
 
+The other ``AuthMode``s, as ocserv's ``auth =`` settings make them
+(``worker-auth.c`` ``post_auth_handler``, ``sec-mod-auth.c``, ``auth/plain.c``)::
+
+    certificate            init >> 200 complete (the certificate's CN is the user)
+                                >> or 401 No certificate + close
+    certificate+password   as password; the username reply without a certificate
+                           >> 401 No certificate; a right password from a user who is
+                           not the certificate's CN >> 401 Authentication failed
+    password+otp           as password, then >> 200 the password form again,
+                           "Please enter your OTP password."; a wrong code
+                           >> 401 Authentication failed + close (liboath's refusal is
+                           final in ocserv: no "Login failed" retry for the OTP)
+
 Deviation from the 1.1.6 capture: ocserv keeps the pre-username state in its
 per-connection worker and clears the cookie on the first form; this server
 has no connection, so it sets the context cookie from the first form on.
@@ -29,7 +42,7 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 from urllib.parse import quote
 
-from loadgen.proto.auth_policy import AuthPolicy
+from loadgen.proto.auth_policy import AuthMode, AuthPolicy
 from loadgen.proto.auth_xml import (
     ClientAuthReply,
     ClientInit,
@@ -123,6 +136,8 @@ _USERNAME_MESSAGE = "Please enter your username."
 _PASSWORD_MESSAGE = "Please enter your password."
 #: ocserv 1.1.6 worker-auth.c, after a wrong password (§2.7).
 _RETRY_MESSAGE = "Login failed.\nPlease enter your password."
+#: ocserv src/auth/common.c pass_msg_otp, asked in the password field (counter 0)
+_OTP_MESSAGE = "Please enter your OTP password."
 _USERNAME_INPUT = FormInput(type="text", name="username", label="Username:")
 _PASSWORD_INPUT = FormInput(type="password", name="password", label="Password:")
 #: How ocserv deletes a cookie (§2.4, §2.6).
@@ -132,6 +147,7 @@ _LU = "lu:/+CSCOT+/translation-table?textdomain%3DAnyConnect%26type%3Dmanifest"
 #: the dialect's stages (``AuthContext.stage``): ocserv needs two round trips (§2.5)
 _USERNAME = "username"
 _PASSWORD = "password"
+_OTP = "otp"
 _UNAVAILABLE = "Service Unavailable"
 
 #: the status lines of ocserv's documentless answers (§2.7, §3, §4.2)
@@ -146,6 +162,8 @@ _ANSWERS: Final[Mapping[Answer, HttpAnswer]] = MappingProxyType(
         Answer.TOO_MANY_PENDING: HttpAnswer(status=503, reason=_UNAVAILABLE),
         Answer.NO_PASSWORD: HttpAnswer(status=401, reason="No password"),
         Answer.AUTH_FAILED: HttpAnswer(status=401, reason="Authentication failed"),
+        # worker-auth.c MSG_NO_CERT_ERROR
+        Answer.NO_CERTIFICATE: HttpAnswer(status=401, reason="No certificate"),
         Answer.CONNECT_MALFORMED: HttpAnswer(status=503, reason=_UNAVAILABLE),
         Answer.NO_SESSION_COOKIE: HttpAnswer(status=503, reason=_UNAVAILABLE),
         Answer.COOKIE_REJECTED: HttpAnswer(status=401, reason="Cookie is not acceptable"),
@@ -232,6 +250,7 @@ class _OcservAuth(AuthDialect):
                 message=_PASSWORD_MESSAGE, inputs=[_PASSWORD_INPUT]
             )
             self._retry_form = build_auth_request(message=_RETRY_MESSAGE, inputs=[_PASSWORD_INPUT])
+            self._otp_form = build_auth_request(message=_OTP_MESSAGE, inputs=[_PASSWORD_INPUT])
             self._complete = build_auth_complete(
                 banner=policy.banner, profiles=(policy.profile,) if policy.profile else ()
             )
@@ -246,19 +265,40 @@ class _OcservAuth(AuthDialect):
         line = _ANSWERS[answer]
         return _response(line.status, line.reason, b"", label=label, close=True, extra=line.headers)
 
-    def start(self, ctx: AuthContext | None, init: ClientInit | None, now: float) -> AuthResponse:
+    def start(
+        self,
+        ctx: AuthContext | None,
+        init: ClientInit | None,
+        now: float,
+        *,
+        peer_cn: str | None = None,
+    ) -> AuthResponse:
+        group_select = init.group_select if init else None
+        if self._policy.mode is AuthMode.CERTIFICATE:
+            return self._certificate_login(ctx, group_select, now, peer_cn)
         # a GET is answered with the same form (§2.8)
-        return self._start(ctx, init.group_select if init else None, now, None)
+        return self._start(ctx, group_select, now, None)
 
     def reply(
-        self, ctx: AuthContext | None, reply: ClientAuthReply, *, expired: bool, now: float
+        self,
+        ctx: AuthContext | None,
+        reply: ClientAuthReply,
+        *,
+        expired: bool,
+        now: float,
+        peer_cn: str | None = None,
     ) -> AuthResponse:
+        if self._policy.mode is AuthMode.CERTIFICATE:
+            # no forms: any document is answered as the init is
+            return self._certificate_login(ctx, reply.group_select, now, peer_cn)
         if ctx is None:
             # no context: ocserv restarts authentication at the username (§2.5)
             return self._start(None, None, now, "context_expired" if expired else "context_unknown")
         if ctx.stage == _USERNAME:
-            return self._take_username(ctx, reply)
-        return self._take_password(ctx, reply)
+            return self._take_username(ctx, reply, peer_cn)
+        if ctx.stage == _OTP:
+            return self._take_otp(ctx, reply, now)
+        return self._take_password(ctx, reply, peer_cn)
 
     def logout(self, ctx: AuthContext | None, message: ClientLogout) -> AuthResponse:
         # ocserv 1.1.6 has no XML logout: it reads no username and sends the login
@@ -284,7 +324,27 @@ class _OcservAuth(AuthDialect):
         self._services.select_group(ctx, group_select)
         return self._form(ctx, self._username_forms[ctx.group], label)
 
-    def _take_username(self, ctx: AuthContext, reply: ClientAuthReply) -> AuthResponse:
+    def _certificate_login(
+        self, ctx: AuthContext | None, group_select: str | None, now: float, peer_cn: str | None
+    ) -> AuthResponse:
+        """ocserv ``auth = "certificate"``: the init is answered with the complete."""
+        if ctx is not None:
+            self._services.close_context(ctx)
+        if peer_cn is None:
+            return self.closing(Answer.NO_CERTIFICATE, "no_certificate")
+        ctx = self._services.open_context(now)
+        if ctx is None:
+            return self.closing(Answer.TOO_MANY_PENDING, "too_many_pending")
+        self._services.close_context(ctx)
+        self._services.select_group(ctx, group_select)
+        if not self._services.check_certificate(ctx, peer_cn):
+            # sec-mod: "no username in the certificate", or the refusal injected
+            return self.closing(Answer.AUTH_FAILED, "auth_failed")
+        return self._success(peer_cn, ctx.group)
+
+    def _take_username(
+        self, ctx: AuthContext, reply: ClientAuthReply, peer_cn: str | None
+    ) -> AuthResponse:
         # the group comes with the username, at top level or as a form field (§2.5)
         group = reply.group_select
         self._services.select_group(
@@ -293,6 +353,10 @@ class _OcservAuth(AuthDialect):
         username = reply.fields.get("username")
         if not username:
             return self._form(ctx, self._username_forms[ctx.group], "no_username")
+        if peer_cn is None and self._policy.mode is AuthMode.CERTIFICATE_PASSWORD:
+            # ocserv reads the username first, then wants the certificate
+            self._services.close_context(ctx)
+            return self.closing(Answer.NO_CERTIFICATE, "no_certificate")
         ctx.username = username[:_MAX_USERNAME_CHARS]
         ctx.username_ok = len(username) <= _MAX_USERNAME_CHARS
         ctx.stage = _PASSWORD
@@ -300,7 +364,9 @@ class _OcservAuth(AuthDialect):
         # and an unknown user gets the password form too (§2.7)
         return self._form(ctx, self._password_form, None)
 
-    def _take_password(self, ctx: AuthContext, reply: ClientAuthReply) -> AuthResponse:
+    def _take_password(
+        self, ctx: AuthContext, reply: ClientAuthReply, peer_cn: str | None
+    ) -> AuthResponse:
         password = _password_field(reply.fields)
         if password is None:
             self._services.close_context(ctx)
@@ -308,7 +374,18 @@ class _OcservAuth(AuthDialect):
         accepted = self._services.check_password(ctx, password)
         del password
         if accepted and ctx.username is not None:
+            mode = self._policy.mode
+            if mode is AuthMode.PASSWORD_OTP:
+                # plain.c: the password was right, now the OTP (pass_msg_otp)
+                ctx.stage = _OTP
+                return self._form(ctx, self._otp_form, None)
             self._services.close_context(ctx)
+            if mode is AuthMode.CERTIFICATE_PASSWORD:
+                if peer_cn is None:
+                    return self.closing(Answer.NO_CERTIFICATE, "no_certificate")
+                if peer_cn != ctx.username:
+                    # sec-mod: "presented a certificate which is for user ..."
+                    return self.closing(Answer.AUTH_FAILED, "cert_user_mismatch")
             return self._success(ctx.username, ctx.group)
         ctx.tries += 1
         if ctx.tries >= self._policy.max_password_tries:
@@ -316,6 +393,18 @@ class _OcservAuth(AuthDialect):
             self._services.close_context(ctx)
             return self.closing(Answer.AUTH_FAILED, "auth_failed")
         return self._form(ctx, self._retry_form, "login_failed")
+
+    def _take_otp(self, ctx: AuthContext, reply: ClientAuthReply, now: float) -> AuthResponse:
+        code = _password_field(reply.fields)
+        self._services.close_context(ctx)
+        if code is None:
+            return self.closing(Answer.NO_PASSWORD, "no_password")
+        accepted = self._services.check_otp(ctx, code, now)
+        del code
+        if not accepted or ctx.username is None:
+            # liboath's refusal ends the login in ocserv (ERR_AUTH_FAIL): no retry
+            return self.closing(Answer.AUTH_FAILED, "otp_failed")
+        return self._success(ctx.username, ctx.group)
 
     def _success(self, username: str, group: str | None) -> AuthResponse:
         # ocserv 1.1.6: webvpn and webvpncontext carry the same fresh value (§2.6)
