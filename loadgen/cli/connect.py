@@ -67,6 +67,11 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(str(exc))
         except (OSError, ssl.SSLError) as exc:
             parser.error(f"cannot load --cafile: {exc}")
+    elif opts.certificate is not None or opts.token_mode is not None:
+        parser.error(
+            "--certificate and --token-mode need a URL: start `loadgen gateway --auth ...` "
+            "and name it"
+        )
     report = trio.run(against_target, args.url, opts, _connect)
     if args.url is None:
         report["gateway"] = report.pop("url")
@@ -75,11 +80,14 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return _output(report, args)
 
 
-def _config(profile: SessionProfile) -> SessionConfig:
+def _config(profile: SessionProfile) -> tuple[ssl.SSLContext, SessionConfig]:
     opts = profile.options
-    return profile.config(
-        username=opts.username(1), password=None, group=None, hostname=opts.hostname
+    user = opts.username(1)
+    ctx, extra = profile.identity(1, user)
+    cfg = profile.config(
+        username=user, password=None, group=None, hostname=opts.hostname, extra=extra
     )
+    return ctx, cfg
 
 
 def _output(report: dict[str, Any], args: argparse.Namespace) -> int:
@@ -92,13 +100,16 @@ def _output(report: dict[str, Any], args: argparse.Namespace) -> int:
 
 async def _connect(opts: ClientOptions, url: str) -> dict[str, Any]:
     profile = SessionProfile(opts, url)
-    report = await run_connect(profile, _config(profile))
+    ctx, cfg = _config(profile)
+    report = await run_connect(profile, cfg, ctx)
     report["url"] = url
     return report
 
 
-async def run_connect(profile: SessionProfile, cfg: SessionConfig) -> dict[str, Any]:
-    """One session as ``--json`` reports it."""
+async def run_connect(
+    profile: SessionProfile, cfg: SessionConfig, ctx: ssl.SSLContext | None = None
+) -> dict[str, Any]:
+    """One session as ``--json`` reports it (``ctx``: the identity's, else the profile's)."""
     opts = profile.options
     report: dict[str, Any] = {
         "ok": False,
@@ -148,7 +159,7 @@ async def run_connect(profile: SessionProfile, cfg: SessionConfig) -> dict[str, 
     runner = SessionRunner(session_factory=open_session, name="connect")
     outcome = await runner.run(
         cfg,
-        profile.ssl_context,
+        ctx or profile.ssl_context,
         serve,
         leave=DisconnectReason.USER if opts.logout else None,
     )
@@ -164,6 +175,13 @@ async def run_connect(profile: SessionProfile, cfg: SessionConfig) -> dict[str, 
 
 def _session_report(report: dict[str, Any], session: VpnSession) -> None:
     report["phases"] = {str(k): v for k, v in session.phases.items()}
+    report["banner"] = {"pre_login": session.pre_login_banner, "login": session.banner}
+    # where the login ended: a redirect may have moved it (CONNECT went there)
+    report["final_gateway"] = session.url.url
+    if session.skipped_entries:
+        report["skipped_manifest_entries"] = session.skipped_entries
+    if session.token_wait_s:
+        report["token_wait_s"] = session.token_wait_s
     if "cstp_connect" in report["phases"]:
         # the whole connect exists only once the tunnel is up
         report["phases"]["connect"] = session.connect_time
@@ -210,6 +228,9 @@ def _print_human(report: dict[str, Any]) -> None:
     for name, secs in report["phases"].items():
         table.add_row(name, f"{secs * 1000:.1f}")
     console.print(table)
+    for kind, text in (report.get("banner") or {}).items():
+        if text:
+            console.print(f"banner ({kind.replace('_', '-')}): {text}", markup=False)
     if report["tunnel"]:
         t = report["tunnel"]
         console.print(

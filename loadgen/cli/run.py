@@ -289,8 +289,13 @@ async def _run_against(
     except FeederError as exc:
         console.print(f"[red]{exc}[/red]")
         return EXIT_USAGE
+        # the first identity's certificate and token, loaded before any traffic
+        _own(profile, feeder.get(0))
     except (OSError, ssl.SSLError) as exc:
         console.print(f"[red]cannot set up TLS: {exc}[/red]")
+        return EXIT_USAGE
+    except ValueError as exc:  # CertificateError, a bad token secret, options together
+        console.print(f"[red]{exc}[/red]", markup=False)
         return EXIT_USAGE
     # No two live sessions share a user (the gateway would evict one): an
     # ended session's identity serves its replacement.
@@ -299,11 +304,18 @@ async def _run_against(
 
     def identity(n: int) -> Identity:
         creds = pool.acquire()
+        try:
+            ctx, extra = _own(profile, creds)
+        except ValueError:
+            pool.release(creds)
+            raise
         return Identity(
             username=creds.username,
             password=creds.password,
             group=creds.group or opts.group,
             hostname=hostnames.hostname(n),
+            ssl_context=ctx,
+            extra=extra,
         )
 
     def release(ident: Identity) -> None:
@@ -435,3 +447,15 @@ async def _report(
             f"established {s['established']} failed {s['failed']} "
             f"echo {s['echo_received']}/{s['echo_sent']}" + (" SATURATED" if s["saturated"] else "")
         )
+
+
+def _own(profile: SessionProfile, creds: Credentials) -> tuple[ssl.SSLContext, dict[str, object]]:
+    """The TLS context and session fields of one identity: certificate and token."""
+    return profile.identity(
+        creds.n,
+        creds.username,
+        certificate=creds.certificate,
+        sslkey=creds.sslkey,
+        key_password=creds.key_password,
+        token_secret=creds.token_secret,
+    )

@@ -15,6 +15,7 @@ Secrets: a password is never part of a repr or an error message.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import string
@@ -52,11 +53,30 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     group: str | None = None
+    #: a client certificate of its own (CSV columns certificate, sslkey, key_password)
+    certificate: str | None = None
+    sslkey: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    #: its soft token (CSV column token_secret)
+    token_secret: str | None = field(default=None, repr=False)
+    #: its number: ``{n}`` of a pattern, the line's rank in a file (fills ``{n}`` in
+    #: a ``--certificate`` pattern)
+    n: int = field(default=0, compare=False)
 
 
 # -- parsing ------------------------------------------------------------------
 
-_CSV_COLUMNS = {"username", "password", "group"}
+_CSV_COLUMNS = {
+    "username",
+    "password",
+    "group",
+    "certificate",
+    "sslkey",
+    "key_password",
+    "token_secret",
+}
+#: columns that may be empty on a row (the rest of a row's identity is elsewhere)
+_OPTIONAL = ("group", "certificate", "sslkey", "key_password", "token_secret")
 
 
 def _content_lines(text: str) -> list[tuple[int, str]]:
@@ -71,15 +91,16 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
 
 def _is_csv_header(line: str) -> bool:
     names = [c.strip().lower() for c in line.split(",")]
-    return "username" in names and "password" in names
+    return "username" in names and ("password" in names or "certificate" in names)
 
 
 def parse_credentials_text(text: str, *, source: str = "<text>") -> list[Credentials]:
     """Identities from ``user:password[:group]`` lines, or from CSV when the
-    first line is a header with ``username`` and ``password`` (``group``
-    optional).  Blank lines and lines starting with ``#`` are ignored, and
-    each line is stripped: a password with ``:`` or edge spaces needs CSV.
-    User names must be unique."""
+    first line is a header with ``username`` and ``password`` or
+    ``certificate`` (``group``, ``sslkey``, ``key_password``, ``token_secret``
+    optional; a row needs a password or a certificate).  Blank lines and
+    lines starting with ``#`` are ignored, and each line is stripped: a
+    password with ``:`` or edge spaces needs CSV.  User names must be unique."""
     lines = _content_lines(text)
     if not lines:
         raise FeederError(f"{source}: no identities (only blank lines or comments)")
@@ -87,6 +108,7 @@ def parse_credentials_text(text: str, *, source: str = "<text>") -> list[Credent
         creds = _parse_csv(lines, source)
     else:
         creds = [_parse_colon(number, line, source) for number, line in lines]
+    creds = [dataclasses.replace(c, n=index + 1) for index, c in enumerate(creds)]
     seen: dict[str, int] = {}
     for index, c in enumerate(creds):
         if c.username in seen:
@@ -115,9 +137,10 @@ def _parse_csv(lines: list[tuple[int, str]], source: str) -> list[Credentials]:
     header = [c.strip().lower() for c in rows[0]]
     unknown = [c for c in header if c not in _CSV_COLUMNS]
     if unknown or len(set(header)) != len(header):
+        # the header names no secret, so it may be quoted
         raise FeederError(
-            f"{source}: CSV header must name username, password and optionally group "
-            f"once each, got {rows[0]}"
+            f"{source}: CSV header columns are username, then password and/or certificate, "
+            f"optionally {', '.join(_OPTIONAL)}, once each; got {rows[0]}"
         )
     col = {name: header.index(name) for name in header}
     out = []
@@ -126,11 +149,26 @@ def _parse_csv(lines: list[tuple[int, str]], source: str) -> list[Credentials]:
             raise FeederError(
                 f"{source}, line {number}: {len(row)} columns, the header has {len(header)}"
             )
-        user, password = row[col["username"]].strip(), row[col["password"]]
-        if not user or not password:
-            raise FeederError(f"{source}, line {number}: empty username or password")
-        group = (row[col["group"]].strip() or None) if "group" in col else None
-        out.append(Credentials(user, password, group))
+        user = row[col["username"]].strip()
+        password = row[col["password"]] if "password" in col else ""
+        extra = {
+            name: (row[col[name]].strip() or None) if name in col else None for name in _OPTIONAL
+        }
+        if not user or not (password or extra["certificate"]):
+            raise FeederError(
+                f"{source}, line {number}: empty username, or neither password nor certificate"
+            )
+        out.append(
+            Credentials(
+                user,
+                password,
+                extra["group"],
+                certificate=extra["certificate"],
+                sslkey=extra["sslkey"],
+                key_password=extra["key_password"],
+                token_secret=extra["token_secret"],
+            )
+        )
     if not out:
         raise FeederError(f"{source}: a CSV header but no identities")
     return out
@@ -248,7 +286,7 @@ class PatternFeeder(IdentityFeeder):
         else:
             assert self._password is not None
             password = self._password
-        return Credentials(self._user.format(n=n), password, self._group)
+        return Credentials(self._user.format(n=n), password, self._group, n=n)
 
 
 class _Strided(IdentityFeeder):

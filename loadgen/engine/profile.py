@@ -14,11 +14,15 @@ import ssl
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from loadgen.engine.certs import ClientCertificate, ContextCache
 from loadgen.engine.dtls import DtlsOptions
 from loadgen.engine.session import SessionConfig
 from loadgen.engine.tls import TlsOptions, build_client_context, parse_pin
+from loadgen.engine.tokens import TokenBank
 from loadgen.engine.url import parse_gateway_url
 from loadgen.options import ClientOptions, DownloadMode
+from loadgen.proto.auth import parse_form_entry
+from loadgen.proto.otp import TokenMode
 
 __all__ = ["EchoPlan", "SessionProfile", "dtls_options", "tls_options"]
 
@@ -77,15 +81,32 @@ def dtls_options(opts: ClientOptions) -> DtlsOptions | None:
 class SessionProfile:
     """The options of many sessions against one gateway.
 
-    Raises ValueError for a bad URL and OSError or ssl.SSLError when the CA
-    file cannot be loaded: the test's configuration, reported before any
-    traffic.
+    Raises ValueError for a bad URL, options that need each other, or a
+    certificate that cannot be loaded (``CertificateError``), and OSError or
+    ssl.SSLError when the CA file cannot be loaded: the test's configuration,
+    reported before any traffic.
+
+    A certificate named with ``{n}`` or ``{user}`` (or one per identity in a
+    credentials file) is loaded when its identity first connects; contexts are
+    cached per certificate (``contexts``, LRU-bounded).
     """
 
-    def __init__(self, opts: ClientOptions, url: str) -> None:
+    def __init__(self, opts: ClientOptions, url: str, *, max_contexts: int = 4096) -> None:
         self.options = opts
         self.tls = tls_options(opts)
-        self.ssl_context: ssl.SSLContext = build_client_context(self.tls)
+        if opts.sslkey is not None and opts.certificate is None:
+            raise ValueError("--sslkey needs --certificate")
+        if opts.token_secret is not None and opts.token_mode is None:
+            raise ValueError("--token-secret needs --token-mode (hotp or totp)")
+        self.contexts = ContextCache(lambda: build_client_context(self.tls), max_contexts)
+        self.tokens = None if opts.token_mode is None else TokenBank(TokenMode(opts.token_mode))
+        if self.tokens is not None and opts.token_secret is not None:
+            # a bad secret is the test's configuration: say so before any traffic
+            TokenBank(self.tokens.mode).for_user("check", opts.token_secret)
+        shared = opts.certificate is not None and not _per_identity(opts)
+        cert = self.certificate(1, opts.username(1)) if shared else None
+        #: the context of sessions without a certificate of their own
+        self.ssl_context: ssl.SSLContext = self.contexts.get(cert)
         self.base = SessionConfig(
             url=parse_gateway_url(url),
             username=opts.username(1),
@@ -97,8 +118,56 @@ class SessionProfile:
             timeout_s=opts.timeout_s,
             download=DownloadMode(opts.download),
             dtls=dtls_options(opts),
+            has_certificate=opts.certificate is not None,
+            form_entries=tuple(parse_form_entry(e) for e in opts.form_entry),
         )
         self.echo = EchoPlan.from_options(opts)
+
+    def certificate(
+        self,
+        n: int,
+        user: str,
+        *,
+        certificate: str | None = None,
+        sslkey: str | None = None,
+        key_password: str | None = None,
+    ) -> ClientCertificate | None:
+        """Identity ``n``'s certificate: its own (a credentials file's columns) or the
+        options' pattern filled in; None without either."""
+        if certificate is None:
+            certificate, sslkey = self.options.certificate_files(n, user)
+        if certificate is None:
+            return None
+        return ClientCertificate(
+            certificate=certificate,
+            sslkey=sslkey,
+            key_password=key_password if key_password is not None else self.options.key_password,
+        )
+
+    def identity(
+        self,
+        n: int,
+        user: str,
+        *,
+        certificate: str | None = None,
+        sslkey: str | None = None,
+        key_password: str | None = None,
+        token_secret: str | None = None,
+    ) -> tuple[ssl.SSLContext, dict[str, object]]:
+        """The TLS context and the SessionConfig fields of identity ``n`` (``user``):
+        its certificate and its token.  Raises CertificateError or ValueError."""
+        cert = self.certificate(
+            n, user, certificate=certificate, sslkey=sslkey, key_password=key_password
+        )
+        fields: dict[str, object] = {}
+        ctx = self.ssl_context
+        if cert is not None:
+            ctx = self.contexts.get(cert)
+            fields["has_certificate"] = True
+        secret = token_secret if token_secret is not None else self.options.token_secret
+        if self.tokens is not None and secret is not None:
+            fields["token"] = self.tokens.for_user(user, secret)
+        return ctx, fields
 
     def config(
         self,
@@ -108,6 +177,7 @@ class SessionProfile:
         group: str | None,
         hostname: str,
         source_ip: str | None = None,
+        extra: dict[str, object] | None = None,
     ) -> SessionConfig:
         """One session's configuration; a None password or group: the options' own."""
         return dataclasses.replace(
@@ -117,4 +187,11 @@ class SessionProfile:
             group=group or self.base.group,
             hostname=hostname,
             source_ip=source_ip,
+            **(extra or {}),  # type: ignore[arg-type]
         )
+
+
+def _per_identity(opts: ClientOptions) -> bool:
+    return any(
+        "{n}" in name or "{user}" in name for name in (opts.certificate or "", opts.sslkey or "")
+    )

@@ -22,8 +22,9 @@ import trio
 from loadgen.engine.datapath import DataPath
 from loadgen.engine.dtls import DtlsOptions
 from loadgen.engine.tls import TlsOptions
+from loadgen.engine.tokens import TokenCodes
 from loadgen.engine.transport import HttpChannel, open_tls, transport_failure
-from loadgen.engine.url import GatewayUrl
+from loadgen.engine.url import GatewayUrl, parse_gateway_url
 from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.options import DEFAULT_USER_AGENT, DEFAULTS, DownloadMode
 from loadgen.proto import auth
@@ -32,9 +33,13 @@ from loadgen.proto.errors import (
     AuthRejectedError,
     AuthUnsupportedError,
     BadPacketError,
+    CertificateRequiredError,
     GroupUnknownError,
+    HostScanRequiredError,
     LocalProtocolError,
     RemoteProtocolError,
+    SecondFactorRequiredError,
+    SsoRequiredError,
 )
 from loadgen.proto.http import CookieJar, HttpResponse, build_common_headers
 from loadgen.proto.tunnel import ConnectRequest, TunnelParams, parse_connect_response_untrusted
@@ -65,6 +70,12 @@ class SessionConfig:
     source_ip: str | None = None
     #: DTLS offers and schedule; None: no DTLS (no X-DTLS-* headers at all)
     dtls: DtlsOptions | None = field(default_factory=DtlsOptions)
+    #: the TLS context holds a client certificate (answer <client-cert-request/> with it)
+    has_certificate: bool = False
+    #: ``--form-entry`` values
+    form_entries: tuple[auth.FormEntry, ...] = field(default=(), repr=False)
+    #: this identity's one-time codes (``--token-mode``); None: no second factor
+    token: TokenCodes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -123,6 +134,16 @@ class VpnSession:
         self._main: HttpChannel | None = None
         #: the phase in progress, or the last one reached: where a failure happened
         self.phase = Phase.TLS
+        #: the gateway now: the one configured, or the one a login redirect led to
+        #: (the host that issued the cookie gets CONNECT and DTLS)
+        self.url = cfg.url
+        #: the banners the gateway showed: before the login and after it
+        self.pre_login_banner: str | None = None
+        self.banner: str | None = None
+        #: manifest entries the gateway sent that could not be used (skipped)
+        self.skipped_entries = 0
+        #: seconds this login waited for a fresh TOTP step
+        self.token_wait_s = 0.0
 
     async def aclose(self) -> None:
         """Stop the tunnel tasks and close the connection (no DISCONNECT)."""
@@ -162,7 +183,7 @@ class VpnSession:
         start = trio.current_time()
         with trio.move_on_after(self.cfg.timeout_s) as scope:
             stream = await open_tls(
-                self.cfg.url, self._ctx, self.cfg.tls, phase=Phase.TLS, source_ip=self.cfg.source_ip
+                self.url, self._ctx, self.cfg.tls, phase=Phase.TLS, source_ip=self.cfg.source_ip
             )
         if scope.cancelled_caught:
             raise self._timeout(Phase.TLS)
@@ -176,9 +197,7 @@ class VpnSession:
         )
 
     def _headers(self, *, xml: bool) -> list[tuple[bytes, bytes]]:
-        headers = build_common_headers(
-            host=self.cfg.url.host_header, user_agent=self.cfg.user_agent
-        )
+        headers = build_common_headers(host=self.url.host_header, user_agent=self.cfg.user_agent)
         cookie = self.jar.header_value(["webvpncontext"])
         if cookie is not None:
             headers.append((b"Cookie", cookie.encode()))
@@ -189,12 +208,19 @@ class VpnSession:
     async def _phases_auth(self) -> None:
         """Phases 2 and 3: group selection and user authentication."""
         assert self._main is not None
+        token = self.cfg.token
+        if token is not None:
+            # a gateway refuses a replayed code: a TOTP step serves one login
+            self.token_wait_s = await token.ready()
         flow = auth.AuthFlow(
             auth.ClientInfo(),
-            base_url=self.cfg.url.url,
+            base_url=self.url.url,
             username=self.cfg.username,
             password=self.cfg.password,
             group=self.cfg.group,
+            form_entries=self.cfg.form_entries,
+            token=None if token is None else token.code,
+            has_certificate=self.cfg.has_certificate,
         )
         request: auth.AuthRequest | auth.AuthComplete = flow.start()
         phase = self.phase = Phase(flow.phase)
@@ -206,27 +232,58 @@ class VpnSession:
                 phase, started = Phase(flow.phase), now
                 self.phase = phase
             with trio.move_on_at(started + self.cfg.timeout_s) as scope:
+                if request.new_connection:
+                    await self._move(request.url, phase)
                 resp = await self._main.request(
                     phase, "POST", request.path, self._headers(xml=True), request.body
                 )
             if scope.cancelled_caught:
                 raise self._timeout(phase)
             request = self._auth_step(flow, phase, resp)
+            self.pre_login_banner = flow.pre_login_banner
         self.phases[phase] = trio.current_time() - started
         self._complete = request
-        token = request.session_token or self.jar.get("webvpn")
-        if not token:
+        self.banner = request.banner
+        self.skipped_entries = request.skipped_entries
+        cookie = request.session_token or self.jar.get("webvpn")
+        if not cookie:
             raise SessionFailedError(
                 Phase.AUTH, Reason.PROTOCOL, "authentication completed without a session cookie"
             )
-        self._token = token
+        self._token = cookie
+
+    async def _move(self, url: str, phase: Phase) -> None:
+        """A new TLS connection for the login: to present the certificate, or to the
+        gateway a redirect named (its cookies are not the old one's)."""
+        try:
+            target = parse_gateway_url(url)
+        except ValueError as exc:
+            raise SessionFailedError(phase, Reason.PROTOCOL, f"redirect: {exc}") from None
+        if (target.host, target.port) != (self.url.host, self.url.port):
+            self.jar = CookieJar()
+        self.url = target
+        await self._close_main()
+        stream = await open_tls(
+            self.url, self._ctx, self.cfg.tls, phase=phase, source_ip=self.cfg.source_ip
+        )
+        self._main = HttpChannel(stream, self.jar)
 
     @staticmethod
     def _auth_step(
         flow: auth.AuthFlow, phase: Phase, resp: HttpResponse
     ) -> auth.AuthRequest | auth.AuthComplete:
         try:
-            return flow.receive(resp.status, resp.body, reason=resp.reason)
+            return flow.receive(
+                resp.status, resp.body, reason=resp.reason, location=resp.header("Location")
+            )
+        except CertificateRequiredError as exc:
+            raise SessionFailedError(phase, Reason.CERTIFICATE_REQUIRED, str(exc)) from exc
+        except SecondFactorRequiredError as exc:
+            raise SessionFailedError(Phase.AUTH, Reason.SECOND_FACTOR_REQUIRED, str(exc)) from exc
+        except SsoRequiredError as exc:
+            raise SessionFailedError(phase, Reason.SSO_REQUIRED, str(exc)) from exc
+        except HostScanRequiredError as exc:
+            raise SessionFailedError(phase, Reason.HOSTSCAN_REQUIRED, str(exc)) from exc
         except AuthRejectedError as exc:
             raise SessionFailedError(Phase.AUTH, Reason.AUTH_REJECTED, str(exc)) from exc
         except GroupUnknownError as exc:
@@ -290,9 +347,7 @@ class VpnSession:
 
     def _cookie_headers(self) -> list[tuple[bytes, bytes]]:
         assert self._token is not None
-        headers = build_common_headers(
-            host=self.cfg.url.host_header, user_agent=self.cfg.user_agent
-        )
+        headers = build_common_headers(host=self.url.host_header, user_agent=self.cfg.user_agent)
         headers.append((b"Cookie", f"webvpn={self._token}".encode()))
         return headers
 
@@ -304,7 +359,7 @@ class VpnSession:
             ), None
         session = self._main.stream.session
         stream = await open_tls(
-            self.cfg.url,
+            self.url,
             self._ctx,
             self.cfg.tls,
             phase=Phase.DOWNLOAD,
@@ -358,7 +413,7 @@ class VpnSession:
             channel.http.trailing_data,
             master_secret=self._master_secret,
             dtls=self.cfg.dtls,
-            gateway_host=self.cfg.url.host,
+            gateway_host=self.url.host,
             source_ip=self.cfg.source_ip,
         )
         return params
@@ -380,7 +435,7 @@ class VpnSession:
             if channel is not None:
                 await channel.aclose()
             stream = await open_tls(
-                self.cfg.url,
+                self.url,
                 self._ctx,
                 self.cfg.tls,
                 phase=Phase.CSTP_CONNECT,
@@ -393,7 +448,7 @@ class VpnSession:
         # A fresh 48-byte master secret per CONNECT: the legacy DTLS key (§7.2)
         self._master_secret = self._random(48) if dtls is not None else None
         req = ConnectRequest(
-            host=self.cfg.url.host_header,
+            host=self.url.host_header,
             user_agent=self.cfg.user_agent,
             cookie=self._token,
             hostname=self.cfg.hostname,

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address
@@ -55,6 +55,10 @@ class Identity:
     password: str = field(repr=False)
     group: str | None
     hostname: str
+    #: the identity's own TLS context (its client certificate); None: the swarm's
+    ssl_context: ssl.SSLContext | None = None
+    #: SessionConfig fields of its own (``SessionProfile.identity``: certificate, token)
+    extra: Mapping[str, object] = field(default_factory=dict, repr=False)
 
 
 class Schedule(Protocol):
@@ -363,6 +367,7 @@ class Swarm:
             group=ident.group,
             hostname=ident.hostname,
             source_ip=source or self.config.base.source_ip,
+            **ident.extra,  # type: ignore[arg-type]
         )
 
     async def _user(self, index: int, scheduled: float) -> None:
@@ -384,7 +389,7 @@ class Swarm:
             self._cuttable.add(cut)
             await runner.run(
                 cfg,
-                self._ctx,
+                ident.ssl_context or self._ctx,
                 partial(self._hold, runner, cut, length),
                 started_at=scheduled,
                 cut=cut,

@@ -10,6 +10,7 @@ a parent handing them to its engine processes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,8 @@ def add_arguments(parser: Any, front: Front) -> None:
         kwargs: dict[str, Any] = {"dest": spec.dest(front), "help": help_text}
         if spec.is_flag:
             kwargs.update(action="store_true", default=False)
+        elif spec.repeat:
+            kwargs.update(action="append", metavar=spec.metavar, default=None)
         else:
             # argparse keeps None for "not given"; Locust's web UI shows the default
             shown = _locust_default(spec, default) if front is Front.LOCUST else None
@@ -100,6 +103,9 @@ def to_argv(opts: ClientOptions, front: Front) -> list[str]:
         if spec.is_flag:
             if value:
                 argv.append(spec.flag(front))
+        elif spec.repeat:
+            for item in value:
+                argv += [spec.flag(front), spec.show(item)]
         elif value is not None:
             argv += [spec.flag(front), spec.show(value)]
     return argv
@@ -144,7 +150,10 @@ def _given(namespace: Any, dest: str, spec: Spec, front: Front, default: Any) ->
     """The value given for ``dest``, or None when it was not given (Locust keeps
     the default it showed, which counts as not given)."""
     value = getattr(namespace, dest, None) if namespace is not None else None
-    if value is None or (spec.is_flag and value is False):
+    if value is None and spec.env_var and spec.secret and front is not Front.LOCUST:
+        # Locust reads its env_var itself; the CLI takes secrets from the environment too
+        value = os.environ.get(spec.env_var) or None
+    if value is None or (spec.is_flag and value is False) or (spec.repeat and not value):
         return None
     # Locust's web UI shows every option in a field: empty, or the default shown, is none
     if front is Front.LOCUST and value in ("", _locust_default(spec, default)):
@@ -156,6 +165,8 @@ def _value(spec: Spec, raw: Any, given_as: str) -> Any:
     if spec.is_flag:
         return bool(raw)
     try:
+        if spec.repeat:
+            return spec.parse_all([raw] if isinstance(raw, str) else raw)
         if isinstance(raw, str):
             return spec.parse(raw)
         value = tuple(raw) if isinstance(raw, list) else raw

@@ -97,8 +97,10 @@ class Spec:
     default_why: str | None = None
     aliases: tuple[Alias, ...] = ()
     secret: bool = False
-    #: Locust only: an environment variable that also sets it
+    #: an environment variable that also sets it (a secret kept off the command line)
     env_var: str | None = None
+    #: given once per value (``--form-entry A --form-entry B``); the field is a tuple
+    repeat: bool = False
 
     @property
     def is_flag(self) -> bool:
@@ -107,6 +109,12 @@ class Spec:
     def parse(self, raw: str) -> Any:
         assert self.convert is not None
         value = self.convert(raw)
+        self.validate(value)
+        return value
+
+    def parse_all(self, raws: Any) -> Any:
+        """A repeated option's values, each converted, then checked together."""
+        value = tuple(self.convert(r) if isinstance(r, str) else r for r in raws)  # type: ignore[misc]
         self.validate(value)
         return value
 
@@ -246,3 +254,10 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], None]:
 def not_empty(value: str) -> None:
     if not value:
         raise ValueError("cannot be empty")
+
+
+def form_entries(values: tuple[str, ...]) -> None:
+    from loadgen.proto.auth import parse_form_entry
+
+    for value in values:
+        parse_form_entry(value)

@@ -28,6 +28,7 @@ __all__ = [
     "ClientOptions",
     "DownloadMode",
     "default_of",
+    "fill_pattern",
     "specs",
 ]
 
@@ -55,8 +56,16 @@ class DownloadMode(enum.StrEnum):
 
 
 T = TypeVar("T")
+
+
+def fill_pattern(pattern: str, n: int, user: str) -> str:
+    """``{n}`` and ``{user}`` replaced; other braces are left as they are (file names)."""
+    return pattern.replace("{n}", str(n)).replace("{user}", user)
+
+
 _DOWNLOADS = tuple(m.value for m in DownloadMode)
 _DISCONNECTS = ("logout", "keep")
+_TOKEN_MODES = ("hotp", "totp")
 _ONE_SESSION = "connect runs one session"
 _ECHO_RUN_WHY = (
     "a load run's echo rate is sessions x count / --echo-every: one probe per period, "
@@ -126,6 +135,69 @@ class ClientOptions:
         convert=str,
         short="-g",
         metavar="NAME",
+    )
+    certificate: str | None = option(
+        None,
+        "certificate",
+        "credentials",
+        "client certificate (PEM, or PKCS#12), presented when the gateway asks for one; "
+        "{n} or {user} in the name give each identity its own (e.g. certs/{user}.pem)",
+        convert=str,
+        short="-c",
+        metavar="FILE",
+    )
+    sslkey: str | None = option(
+        None,
+        "sslkey",
+        "credentials",
+        "private key of --certificate (PEM; default: in the certificate file); {n} and "
+        "{user} as in --certificate",
+        convert=str,
+        short="-k",
+        metavar="FILE",
+    )
+    key_password: str | None = option(
+        None,
+        "key-password",
+        "credentials",
+        "password of the key or the PKCS#12 file (visible in the process list: prefer "
+        "LOADGEN_VPN_KEY_PASSWORD)",
+        convert=str,
+        secret=True,
+        env_var="LOADGEN_VPN_KEY_PASSWORD",
+    )
+    token_mode: str | None = option(
+        None,
+        "token-mode",
+        "credentials",
+        "answer a second factor (one-time password prompt, secondary_password, challenge) "
+        "with codes of this soft token: hotp (RFC 4226) or totp (RFC 6238)",
+        convert=str,
+        check=s.one_of(_TOKEN_MODES),
+        choices=_TOKEN_MODES,
+    )
+    token_secret: str | None = option(
+        None,
+        "token-secret",
+        "credentials",
+        "the token's secret as openconnect reads it: base32:SECRET, 0xHEX or plain text, "
+        "optionally after sha256: or sha512:, HOTP with ,COUNTER at the end (or "
+        "LOADGEN_VPN_TOKEN_SECRET; per identity: the credentials file's token_secret column)",
+        convert=str,
+        secret=True,
+        env_var="LOADGEN_VPN_TOKEN_SECRET",
+    )
+    form_entry: tuple[str, ...] = option(
+        (),
+        "form-entry",
+        "credentials",
+        "FORM:FIELD=VALUE: the value of a login form field, FORM being the form's auth id "
+        "(e.g. main:secondary_password=VALUE); FIELD=VALUE fills it in any form; repeatable",
+        convert=str,
+        check=s.form_entries,
+        metavar="FORM:FIELD=VALUE",
+        secret=True,
+        repeat=True,
     )
     # -- TLS
     cafile: str | None = option(
@@ -389,6 +461,13 @@ class ClientOptions:
     def tls_given(self) -> bool:
         """Trust options that make sense only for a gateway the user names."""
         return bool(self.cafile or self.servercert or self.insecure or self.servername)
+
+    def certificate_files(self, n: int, user: str) -> tuple[str | None, str | None]:
+        """--certificate and --sslkey of identity ``n`` named ``user`` ({n}, {user} filled)."""
+        return (
+            None if self.certificate is None else fill_pattern(self.certificate, n, user),
+            None if self.sslkey is None else fill_pattern(self.sslkey, n, user),
+        )
 
     def username(self, n: int) -> str:
         """The user name of session ``n`` (``{n}`` replaced; a plain name as it is)."""

@@ -67,7 +67,7 @@ def test_parse_csv_without_group_and_with_comments() -> None:
         ("username,password,role\nu,p,r\n", "CSV header"),
         ("username,password\n", "a CSV header but no identities"),
         ("username,password\nu1\n", "line 2: 1 columns"),
-        ("username,password\n,pw\n", "empty username or password"),
+        ("username,password\n,pw\n", "empty username"),
     ],
 )
 def test_parse_errors(text: str, match: str) -> None:
