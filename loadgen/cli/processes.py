@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from loadgen.cli.progress import Progress, print_summary
 from loadgen.lifecycle import ChildSpec, TrioChild, open_child
 from loadgen.metrics.summary import build_summary, generator_from_samples, merge, parse_exposition
 from loadgen.metrics.thresholds import Threshold, evaluate
-from loadgen.options import ClientOptions, Front, to_argv
+from loadgen.options import ClientOptions, Front, secrets_env, to_argv
 
 __all__ = ["run_parent"]
 
@@ -81,13 +82,17 @@ async def _spawn_all(
     codes: list[int | None] = [None] * n
     procs: list[TrioChild | None] = [None] * n
     password = opts.password or ""
+    # the other secrets stay off the command line too: the children's environment
+    env = {**os.environ, **secrets_env(opts)}
     with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
         expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, procs, console)
             for k in range(n):
                 argv = _child_argv(args, opts, url, k=k, n=n, exposition=expositions[k])
-                nursery.start_soon(partial(_child, argv, password, statuses, codes, procs, k=k))
+                nursery.start_soon(
+                    partial(_child, argv, password, env, statuses, codes, procs, k=k)
+                )
             if not args.no_progress:
                 nursery.start_soon(_progress, args, statuses, codes, console)
             while None in codes:
@@ -124,9 +129,10 @@ async def _forward_signals(procs: list[TrioChild | None], console: Console) -> N
             raise KeyboardInterrupt
 
 
-async def _child(
+async def _child(  # noqa: PLR0917 (one child's whole context)
     argv: list[str],
     password: str,
+    env: dict[str, str],
     statuses: list[dict[str, Any]],
     codes: list[int | None],
     procs: list[TrioChild | None],
@@ -144,6 +150,7 @@ async def _child(
         parent_flag="--exit-with-parent",
         # the sessions' DISCONNECTs come first (the run's stop grace)
         stop_grace_s=15.0,
+        env=env,
     )
     async with open_child(spec) as child:
         procs[k] = child

@@ -15,7 +15,13 @@ Pure: no trio, no sockets (the gevent side of Locust imports this package).
 
 from __future__ import annotations
 
-from loadgen.options.render import add_arguments, from_namespace, namespace_keys, to_argv
+from loadgen.options.render import (
+    add_arguments,
+    from_namespace,
+    namespace_keys,
+    secrets_env,
+    to_argv,
+)
 from loadgen.options.spec import (
     LOCUST_PREFIX,
     MAX_ECHO_BYTES,
@@ -62,6 +68,7 @@ __all__ = [
     "flag_of",
     "from_namespace",
     "namespace_keys",
+    "secrets_env",
     "specs",
     "to_argv",
 ]

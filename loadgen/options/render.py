@@ -19,7 +19,7 @@ from loadgen.engine.feeder import FeederError, check_user_pattern
 from loadgen.options.spec import Alias, Front, OptionError, Spec, dest_of, flag_of
 from loadgen.options.table import ClientOptions, default_of, specs
 
-__all__ = ["add_arguments", "from_namespace", "namespace_keys", "to_argv"]
+__all__ = ["add_arguments", "from_namespace", "namespace_keys", "secrets_env", "to_argv"]
 
 
 def add_arguments(parser: Any, front: Front) -> None:
@@ -92,6 +92,17 @@ def namespace_keys(front: Front) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def secrets_env(opts: ClientOptions) -> dict[str, str]:
+    """The secrets ``to_argv`` leaves out, as the environment variables that give them
+    (the password excepted: it goes through stdin)."""
+    env: dict[str, str] = {}
+    for name, spec in specs(Front.RUN):
+        value = getattr(opts, name)
+        if spec.secret and spec.env_var and value and name != "password":
+            env[spec.env_var] = "\n".join(value) if spec.repeat else str(value)
+    return env
+
+
 def to_argv(opts: ClientOptions, front: Front) -> list[str]:
     """The command line that gives ``opts`` on ``front`` (what differs from the
     defaults), secrets left out: how a parent hands its options to children."""
@@ -153,6 +164,8 @@ def _given(namespace: Any, dest: str, spec: Spec, front: Front, default: Any) ->
     if value is None and spec.env_var and spec.secret and front is not Front.LOCUST:
         # Locust reads its env_var itself; the CLI takes secrets from the environment too
         value = os.environ.get(spec.env_var) or None
+        if value is not None and spec.repeat:
+            value = value.split("\n")
     if value is None or (spec.is_flag and value is False) or (spec.repeat and not value):
         return None
     # Locust's web UI shows every option in a field: empty, or the default shown, is none

@@ -198,6 +198,7 @@ class ClientOptions:
         metavar="FORM:FIELD=VALUE",
         secret=True,
         repeat=True,
+        env_var="LOADGEN_VPN_FORM_ENTRY",
     )
     # -- TLS
     cafile: str | None = option(
