@@ -19,12 +19,13 @@ from loadgen.cli.common import log_to_stderr, run_server
 from loadgen.engine.limits import raise_nofile_limit
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.pki import ensure_pki
-from loadgen.gateway.server import Gateway
+from loadgen.gateway.server import Gateway, request_client_certificates
 from loadgen.lifecycle import serve_until_stopped
 from loadgen.metrics.gateway import GatewayMetrics
-from loadgen.proto.auth_policy import AuthPolicy, GroupSpec, UserSpec
+from loadgen.proto.auth_policy import AuthMode, AuthPolicy, GroupSpec, UserSpec
 from loadgen.proto.auth_xml import ProfileManifestEntry
 from loadgen.proto.dtls import KNOWN_DTLS12_CIPHERS, KNOWN_DTLS_CIPHERS
+from loadgen.proto.otp import OtpUser, parse_otp_users_file
 from loadgen.proto.personality import DEFAULT_PERSONALITY, personality_names
 
 __all__ = ["add_parser", "build_config", "default_cert_dir"]
@@ -99,6 +100,28 @@ def add_parser(sub: Any) -> None:
         help="extra name or IP in the generated certificate (repeatable)",
     )
     auth = p.add_argument_group("authentication")
+    auth.add_argument(
+        "--auth",
+        choices=[m.value for m in AuthMode],
+        default=AuthMode.PASSWORD.value,
+        help="what a login needs, as ocserv's auth settings: password (default); certificate "
+        "(a client certificate, its CN is the user); certificate+password (both, the username "
+        "must be the CN); password+otp (then a one-time password from --otp-file)",
+    )
+    auth.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA (PEM) that client certificates must chain to in the certificate modes "
+        "(default: the generated CA, CERT_DIR/ca.pem)",
+    )
+    auth.add_argument(
+        "--otp-file",
+        type=Path,
+        metavar="FILE",
+        help="tokens for password+otp, in ocserv's otp= format (liboath UsersFile: "
+        "HOTP[/T30][/6] USER PIN|- HEXKEY [COUNTER])",
+    )
     auth.add_argument("--users", type=Path, metavar="FILE", help="user:password[:group] lines")
     auth.add_argument(
         "--user", action="append", default=[], metavar="NAME:PASSWORD", help="a user (repeatable)"
@@ -223,9 +246,29 @@ def _dtls_ciphers(text: str | None) -> tuple[tuple[str, ...] | None, tuple[str, 
     )
 
 
+def _otp_users(args: argparse.Namespace, mode: AuthMode) -> dict[str, OtpUser] | None:
+    if args.otp_file is None:
+        if mode is AuthMode.PASSWORD_OTP:
+            raise ValueError("--auth password+otp needs --otp-file")
+        return None
+    if mode is not AuthMode.PASSWORD_OTP:
+        raise ValueError("--otp-file goes with --auth password+otp")
+    try:
+        return parse_otp_users_file(args.otp_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{args.otp_file}: not UTF-8 text") from None
+    except ValueError as exc:
+        # the parser's messages name a line, never a key
+        raise ValueError(f"{args.otp_file}: {exc}") from None
+
+
 def build_config(args: argparse.Namespace) -> tuple[GatewayConfig, bytes | None]:
     """The gateway's settings and its profile bytes, from parsed arguments."""
     host, port = _parse_listen(args.listen)
+    mode = AuthMode(args.auth)
+    if args.client_ca is not None and not mode.needs_certificate:
+        raise ValueError("--client-ca goes with --auth certificate or certificate+password")
+    otp_users = _otp_users(args, mode)
     users = _users(args)
     embedded = users is None and not args.accept_any and not args.group and args.profile is None
     groups = tuple(_group_spec(g) for g in (DEFAULT_GROUPS if embedded else args.group))
@@ -260,6 +303,8 @@ def build_config(args: argparse.Namespace) -> tuple[GatewayConfig, bytes | None]
         dtls_ciphers=ciphers,
         dtls12_ciphers=ciphers12,
         auth=AuthPolicy(
+            mode=mode,
+            otp_users=otp_users,
             users=users,
             groups=groups,
             default_group=args.default_group,
@@ -276,18 +321,27 @@ def build_config(args: argparse.Namespace) -> tuple[GatewayConfig, bytes | None]
 
 
 def _ssl_context(args: argparse.Namespace, cert_dir: Path) -> tuple[ssl.SSLContext, Path | None]:
+    # CLIENT_AUTH with CERT_NONE loads no system CAs; the certificate modes add only theirs
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca_path: Path | None = None
     if args.cert is not None:
         ctx.load_cert_chain(args.cert, args.key)
-        return ctx, None
-    pki = ensure_pki(cert_dir, args.san)
-    ctx.load_cert_chain(pki.cert_path, pki.key_path)
-    return ctx, pki.ca_path
+    else:
+        pki = ensure_pki(cert_dir, args.san)
+        ctx.load_cert_chain(pki.cert_path, pki.key_path)
+        ca_path = pki.ca_path
+    if AuthMode(args.auth).needs_certificate:
+        client_ca = args.client_ca or ca_path
+        assert client_ca is not None  # _main refused --cert without --client-ca
+        request_client_certificates(ctx, client_ca)
+    return ctx, ca_path
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
+    if args.cert is not None and args.client_ca is None and AuthMode(args.auth).needs_certificate:
+        parser.error(f"--auth {args.auth} with --cert needs --client-ca")
     try:
         config, profile_body = build_config(args)
     except (ValueError, OSError) as exc:
@@ -297,7 +351,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         ctx, ca_path = _ssl_context(args, cert_dir)
     except (OSError, ssl.SSLError) as exc:
-        parser.error(f"cannot load the certificate: {exc}")
+        parser.error(f"cannot load the certificate or the client CA: {exc}")
     raise_nofile_limit()  # one TCP connection per tunnel: use the whole hard limit
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, process=True)

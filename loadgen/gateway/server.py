@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -39,7 +40,7 @@ from loadgen.proto.personality import personality_for
 from loadgen.proto.personality.base import Answer, Route
 from loadgen.proto.tunnel import SESSION_COOKIE
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "peer_common_name", "request_client_certificates"]
 
 log = logging.getLogger("loadgen.gateway")
 RECEIVE_CHUNK = 65536
@@ -56,6 +57,9 @@ _AUTH_FAILURES = {
     "auth_failed": "wrong_password",
     "no_password": "no_password",
     "too_many_pending": "too_many_pending",
+    "no_certificate": "no_certificate",
+    "cert_user_mismatch": "cert_user_mismatch",
+    "otp_failed": "wrong_otp",
 }
 
 
@@ -96,6 +100,34 @@ class _ExportedDrops(dict[DropReason, int]):
 
 
 Stream = trio.SSLStream[trio.SocketStream]
+
+
+def request_client_certificates(ctx: ssl.SSLContext, client_ca: Path) -> None:
+    """Ask every TLS client for a certificate chaining to ``client_ca`` (certificate modes).
+
+    ``CERT_OPTIONAL``, as ocserv asks: a handshake without one still succeeds
+    and the auth answer says what is missing (401 No certificate); one that
+    does not verify fails the handshake.  Only ``client_ca`` is trusted: the
+    system's CAs are never loaded into a server context here.
+    """
+    ctx.load_verify_locations(cafile=client_ca)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+
+
+def peer_common_name(stream: Stream) -> str | None:
+    """The verified client certificate's first subject CN (ocserv's ``cert-user-oid = 2.5.4.3``).
+
+    None without a certificate; ``""`` for one without a CN.
+    """
+    cert = stream.getpeercert()
+    if not cert:
+        # None: no certificate.  {}: one that was not verified (CERT_NONE), so no user
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and isinstance(value, str):
+                return value
+    return ""
 
 
 class Gateway:
@@ -307,6 +339,7 @@ class Gateway:
             cookies=req.cookies(),
             body=req.body,
             now=trio.current_time(),
+            peer_cn=peer_common_name(stream),
         )
         label = answer.error_label
         if label in _AUTH_DROPS:
