@@ -58,7 +58,10 @@ def add_parser(sub: Any) -> None:
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     opts = client_options(parser, args, Front.CONNECT)
-    password = read_password(parser, opts, embedded=args.url is None)
+    # certificate authentication needs no password
+    password = read_password(
+        parser, opts, embedded=args.url is None, needed=opts.certificate is None
+    )
     opts = dataclasses.replace(opts, password=password, password_stdin=False)
     if args.url is not None:
         try:

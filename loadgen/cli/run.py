@@ -192,7 +192,11 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(exc))
     opts = client_options(parser, args, Front.RUN)
     password = read_password(
-        parser, opts, embedded=args.url is None, needed=opts.credentials is None
+        parser,
+        opts,
+        embedded=args.url is None,
+        # certificate authentication needs no password
+        needed=opts.credentials is None and opts.certificate is None,
     )
     opts = dataclasses.replace(opts, password=password, password_stdin=False)
     if args.processes > 1 and args.worker is None:

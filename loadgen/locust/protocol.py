@@ -108,6 +108,14 @@ class Connect:
     group: str | None = None
     #: X-CSTP-Hostname: unique per synthetic client (protocol.md §4.1)
     hostname: str = "loadgen"
+    #: the identity's number (``{n}`` of a --vpn-certificate pattern)
+    n: int = 0
+    #: a credentials file's own certificate columns; None: the profile's pattern
+    certificate: str | None = None
+    sslkey: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    #: a credentials file's token_secret column; None: the profile's --vpn-token-secret
+    token_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

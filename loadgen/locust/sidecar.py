@@ -231,14 +231,31 @@ class Sidecar:
         if profile is None:
             await self._reject(cmd.seq, f"no option set {cmd.profile} (configure first)")
             return
+        try:
+            # the identity's own certificate and token (loaded once per certificate)
+            ctx, extra = profile.identity(
+                cmd.n,
+                cmd.username,
+                certificate=cmd.certificate,
+                sslkey=cmd.sslkey,
+                key_password=cmd.key_password,
+                token_secret=cmd.token_secret,
+            )
+        except ValueError as exc:  # CertificateError or a bad token secret: never quoting it
+            await self._reject(cmd.seq, f"identity {cmd.username!r}: {exc}")
+            return
         cfg = profile.config(
-            username=cmd.username, password=cmd.password, group=cmd.group, hostname=cmd.hostname
+            username=cmd.username,
+            password=cmd.password,
+            group=cmd.group,
+            hostname=cmd.hostname,
+            extra=extra,
         )
         send, receive = trio.open_memory_channel[_Inbox](math.inf)
         entry = _Entry(id=cmd.id, inbox_send=send, inbox_receive=receive)
         self._sessions[cmd.id] = entry
         assert self._nursery is not None
-        self._nursery.start_soon(self._session, cmd, profile, cfg, entry)
+        self._nursery.start_soon(self._session, cmd, profile, cfg, entry, ctx)
 
     async def _on_echo(self, cmd: Echo) -> None:
         if not (
@@ -286,7 +303,12 @@ class Sidecar:
     # -- one session ------------------------------------------------------------------
 
     async def _session(
-        self, cmd: Connect, profile: SessionProfile, cfg: SessionConfig, entry: _Entry
+        self,
+        cmd: Connect,
+        profile: SessionProfile,
+        cfg: SessionConfig,
+        entry: _Entry,
+        ctx: ssl.SSLContext,
     ) -> None:
         runner = SessionRunner(self._metrics, session_factory=open_session, name=cmd.id)
         # the connect (phases 1 to 6) is cut by the client's disconnect
@@ -300,7 +322,7 @@ class Sidecar:
         try:
             outcome = await runner.run(
                 cfg,
-                profile.ssl_context,
+                ctx,
                 serve,
                 cut=cut,
                 cut_message="the client gave the connect up",

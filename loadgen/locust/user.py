@@ -201,7 +201,7 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
     if isinstance(runner, WorkerRunner):
         return
     if environment.host or any(getattr(cls, "host", None) for cls in environment.user_classes):
-        if settings.password is None and settings.credentials is None:
+        if settings.password is None and settings.credentials is None and not settings.certificate:
             log.error(
                 "no password for %s: give %s (or LOADGEN_VPN_PASSWORD), or %s",
                 environment.host or "the users' hosts",
@@ -330,6 +330,11 @@ class VpnConnection:
                 password=creds.password or None,
                 group=creds.group,
                 hostname=hostname,
+                n=creds.n,
+                certificate=creds.certificate,
+                sslkey=creds.sslkey,
+                key_password=creds.key_password,
+                token_secret=creds.token_secret,
             )
             reply = sidecar.connect(command, bound_s=_connect_bound_s(settings))
         except SidecarError as exc:
