@@ -66,6 +66,8 @@ def test_the_gateway_config_names_a_registered_personality() -> None:
         (Answer.METHOD_NOT_ALLOWED, (405, "Method Not Allowed", (("Allow", "GET, POST"),))),
         (Answer.NO_PASSWORD, (401, "No password", ())),
         (Answer.AUTH_FAILED, (401, "Authentication failed", ())),
+        # worker-auth.c MSG_NO_CERT_ERROR, a certificate mode without a certificate
+        (Answer.NO_CERTIFICATE, (401, "No certificate", ())),
         (Answer.NO_SESSION_COOKIE, (503, "Service Unavailable", ())),
         (Answer.COOKIE_REJECTED, (401, "Cookie is not acceptable", ())),
         (
