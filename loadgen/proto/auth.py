@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Callable
 from typing import Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -104,13 +105,15 @@ DEFAULT_MAX_ROUND_TRIPS = 12
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MESSAGE_LIMIT = 200
+#: a run of this many characters of a secret in a gateway text counts as the secret
+_PIECE = 8
 #: fields a second factor goes into whatever their type (ASA double auth, openconnect)
 _SECOND_FACTOR_FIELDS = frozenset({"secondary_password"})
 #: how ocserv and ASA say a wrong answer (§2.7): the form comes back with this
 _FAILED_PREFIX = "login failed"
 #: words in a gateway's refusal that mean posture checking (ASA: "Cisco Secure Desktop
 #: not installed on the client")
-_HOSTSCAN_WORDS = ("secure desktop", "hostscan", "host scan", "csd")
+_HOSTSCAN_WORDS = re.compile(r"\b(?:secure desktop|hostscan|host scan|csd)\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -281,12 +284,29 @@ class AuthFlow:
         return self._request(path, body, "group_select", new_connection=new_connection)
 
     def _scrub(self, text: str) -> str:
-        """A gateway text fit for an exception: no secret of ours, bounded length."""
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "***")
+        """A gateway text fit for an exception: no secret of ours, bounded length.
+
+        Whitespace is collapsed first, so a secret re-wrapped by the gateway is
+        still found; its collapsed and repr-escaped spellings go too, and a text
+        still holding a long piece of a secret (a name cut by the parser) is
+        dropped whole.
+        """
         text = " ".join(text.split())
+        for secret in self._secrets:
+            if not secret:
+                continue
+            for form in {secret, " ".join(secret.split()), repr(secret)[1:-1]}:
+                if form:
+                    text = text.replace(form, "***")
+            if len(secret) >= _PIECE and any(
+                secret[i : i + _PIECE] in text for i in range(len(secret) - _PIECE + 1)
+            ):
+                return "(gateway text withheld: it repeats a secret)"
         return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "..."
+
+    def _name(self, name: str) -> str:
+        """A gateway-chosen name (field, select, host), scrubbed and quoted for a message."""
+        return repr(self._scrub(name)[:40])
 
     def _receive(
         self, status: int, body: bytes, reason: str, location: str | None
@@ -358,7 +378,7 @@ class AuthFlow:
             return done
         # a "complete" that only carries <error>: the gateway's refusal (ASA)
         text = self._scrub(done.error or "the gateway ended the login without success")
-        if any(word in text.lower() for word in _HOSTSCAN_WORDS):
+        if _HOSTSCAN_WORDS.search(text):
             raise HostScanRequiredError(text)
         raise AuthRejectedError(text)
 
@@ -413,7 +433,7 @@ class AuthFlow:
         target = urlsplit(urljoin(self._base_url, action))
         if (target.scheme, target.netloc.lower()) != (self._base.scheme, self._base.netloc.lower()):
             raise AuthUnsupportedError(
-                f"form action points to another server ({target.netloc[:60]!r})"
+                f"form action points to another server ({self._name(target.netloc)})"
             )
         path = target.path or "/"
         return f"{path}?{target.query}" if target.query else path
@@ -438,7 +458,16 @@ class AuthFlow:
             for name in (option.value, option.label):
                 if name and name not in offered:
                     offered.append(name)
-        raise GroupUnknownError(self._group, offered)
+        raise GroupUnknownError(self._group, [self._scrub(name) for name in offered])
+
+    def _option(self, select: FormSelect, wanted: str) -> str:
+        """The option of ``select`` a form entry names, by value or label."""
+        for option in select.options:
+            if wanted in (option.value, option.label):
+                return option.value
+        raise AuthUnsupportedError(
+            f"--form-entry for select {self._name(select.name)} names none of its options"
+        )
 
     def _entry(self, form: AuthForm, name: str) -> str | None:
         for entry in self._entries:
@@ -455,7 +484,8 @@ class AuthFlow:
         if self._token is None:
             prompt = self._scrub(form.message or item.label)[:80]
             raise SecondFactorRequiredError(
-                f"the gateway asks for a second factor in field {item.name[:40]!r} ({prompt!r}); "
+                f"the gateway asks for a second factor in field {self._name(item.name)} "
+                f"({prompt!r}); "
                 "give --token-mode and --token-secret, or --form-entry"
             )
         code = self._token()
@@ -493,13 +523,16 @@ class AuthFlow:
             elif item.type == "text":
                 if item.name.lower() not in ("username", "secondary_username"):
                     raise AuthUnsupportedError(
-                        f"no value for form field {item.name[:40]!r}"
+                        f"no value for form field {self._name(item.name)}"
                         f" ({self._scrub(item.label)[:60]!r})"
                     )
                 answers[item.name] = self._username
         for select in form.selects:
-            if select.name != "group_list" and select.default is None:
-                raise AuthUnsupportedError(f"form select {select.name[:40]!r} has no options")
+            given = self._entry(form, select.name)
+            if given is not None:
+                answers[select.name] = self._option(select, given)
+            elif select.name != "group_list" and select.default is None:
+                raise AuthUnsupportedError(f"form select {self._name(select.name)} has no options")
         asks_username = "username" in (a.lower() for a in answers)
         if (
             asks_username

@@ -437,10 +437,6 @@ def test_form_entry_overrides_username() -> None:
     assert isinstance(step, AuthRequest) and b"<username>svc-bob</username>" in step.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="form entries are only looked up for <input>s; a <select> always gets its default",
-)
 def test_form_entry_chooses_a_select_option() -> None:
     select = '<select name="domain" label="Domain:"><option>EU</option><option>US</option></select>'
     flow = flow_for(entries=(parse_form_entry("main:domain=US"),))
@@ -675,10 +671,6 @@ def test_error_only_complete_is_otherwise_a_rejection() -> None:
         flow.receive(200, error_complete("Login denied, unauthorized connection mechanism"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_HOSTSCAN_WORDS are matched as substrings: 'csd' inside a user name is HostScan",
-)
 def test_hostscan_words_match_whole_words_only() -> None:
     flow = flow_for()
     flow.start()
@@ -908,10 +900,6 @@ NAME_SECRET = "hunter2secret"
     ],
     ids=["field-name", "factor-field-name", "select-name", "action-host", "group-label"],
 )  # fmt: skip
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway names (field, select, action host, group list) are quoted without _scrub",
-)
 def test_secret_echoed_in_gateway_names_is_scrubbed(body: bytes, group: str | None) -> None:
     flow = flow_for(password=NAME_SECRET, group=group)
     flow.start()
@@ -934,7 +922,6 @@ def test_secret_echoed_in_gateway_names_is_scrubbed(body: bytes, group: str | No
     ],
     ids=["whitespace", "repr-escaped", "truncated"],
 )  # fmt: skip
-@pytest.mark.xfail(strict=True, reason="_scrub matches only the exact secret in the final text")
 def test_secret_in_altered_echo_is_scrubbed(password: str, body: bytes) -> None:
     flow = flow_for(password=password)
     flow.start()
