@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -340,6 +341,7 @@ class Gateway:
             body=req.body,
             now=trio.current_time(),
             peer_cn=peer_common_name(stream),
+            unix_now=time.time(),  # TOTP counts steps from the epoch; trio's clock does not
         )
         label = answer.error_label
         if label in _AUTH_DROPS:

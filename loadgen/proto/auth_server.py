@@ -77,6 +77,8 @@ class AuthServer:
         self._default_group = policy.default_group or (groups[0].name if groups else None)
         self._auth_paths = personality.auth_paths
         self._otp = OtpVerifier(policy.otp_users) if policy.otp_users is not None else None
+        #: the current request's wall clock for TOTP (see ``handle``)
+        self._unix_now: float | None = None
         self._dialect = personality.auth_dialect(policy, self)
         # compared against when the user is unknown, so both paths do the same work
         self._dummy_secret = b"\x00" * 32
@@ -114,13 +116,16 @@ class AuthServer:
         body: bytes,
         now: float,
         peer_cn: str | None = None,
+        unix_now: float | None = None,
     ) -> AuthResponse:
         """Answer one HTTP request of phases 2 and 3.
 
         ``peer_cn``: the subject CN of the TLS peer's verified client
         certificate (ocserv's ``cert-user-oid = 2.5.4.3``); None without one,
-        ``""`` for a certificate without a CN.
+        ``""`` for a certificate without a CN.  ``unix_now``: the wall clock
+        for TOTP steps, when ``now`` is a monotonic clock (None: ``now`` is Unix time).
         """
+        self._unix_now = unix_now
         if path.partition("?")[0] not in self._auth_paths:
             # ocserv: "404 Not found" + Connection: close (§3)
             return self._dialect.closing(Answer.NOT_FOUND, "not_found")
@@ -196,7 +201,7 @@ class AuthServer:
             raise LocalProtocolError("check_otp without otp_users in the policy")
         username = ctx.username if ctx.username_ok and ctx.username else ""
         # an unknown or empty user name is checked too: the verifier does the same work
-        return self._otp.check(username, code, now)
+        return self._otp.check(username, code, now if self._unix_now is None else self._unix_now)
 
     def new_token(self) -> str:
         return base64.b64encode(self._draw(_TOKEN_BYTES)).decode("ascii")

@@ -7,6 +7,7 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from loadgen.gateway.pki import (
 from loadgen.gateway.server import Gateway, request_client_certificates
 from loadgen.metrics.gateway import GatewayMetrics
 from loadgen.proto.auth_policy import AuthMode, AuthPolicy, UserSpec
-from loadgen.proto.otp import HotpCodes, TokenSecret, parse_otp_users_file
+from loadgen.proto.otp import HotpCodes, TokenSecret, TotpCodes, parse_otp_users_file
 
 OTP_KEY = b"12345678901234567890"
 OTP_FILE = f"HOTP alice - {OTP_KEY.hex()}\n"
@@ -255,6 +256,18 @@ async def test_password_then_otp(pki: Pki) -> None:
                     assert await client.closed()
         assert failures(gateway, "wrong_otp") == 1
         assert gateway.cookies_live == 1
+
+
+async def test_totp_codes_are_of_the_wall_clock(pki: Pki) -> None:
+    users = parse_otp_users_file(f"HOTP/T30 alice - {OTP_KEY.hex()}\n")
+    policy = AuthPolicy(mode=AuthMode.PASSWORD_OTP, users=ALICE, otp_users=users)
+    async with gateway_with(pki, policy) as gateway, connect(pki, gateway) as client:
+        await client.post("/", INIT)
+        await client.post("/auth", reply(username="alice"))
+        await client.post("/auth", reply(password="s3cret"))
+        code = TotpCodes(TokenSecret(key=OTP_KEY)).take(time.time())
+        status, _, body = await client.post("/auth", reply(password=code))
+        assert status == 200 and b'type="complete"' in body
 
 
 # -- the command line -----------------------------------------------------------------------

@@ -47,7 +47,7 @@ from loadgen.proto.errors import (
     RemoteProtocolError,
 )
 from loadgen.proto.http import CookieJar, parse_cookies
-from loadgen.proto.otp import parse_otp_users_file
+from loadgen.proto.otp import TokenSecret, TotpCodes, parse_otp_users_file
 from loadgen.proto.personality import personality_for
 
 DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -1020,3 +1020,22 @@ def test_fuzz_every_mode_answers_with_known_labels(
         if response.success is not None:
             assert mode is not AuthMode.PASSWORD_OTP
             assert cn
+
+
+def test_totp_steps_follow_unix_now_not_the_context_clock() -> None:
+    users = parse_otp_users_file(f"HOTP/T30 alice - {OTP_KEY.hex()}\n")
+    code = TotpCodes(TokenSecret(key=OTP_KEY)).take(1_111_111_111.0)
+    for unix_now, ok in [(None, False), (1_111_111_111.0, True)]:
+        server = make_server(mode=AuthMode.PASSWORD_OTP, otp_users=users, users=ALICE)
+        wire = Wire(server, now=5.0)  # a monotonic clock, as the gateway's
+        for body in (init(), reply({"username": "alice"}), reply({"password": "s3cret"})):
+            wire.send("/auth", body)
+        last = server.handle(
+            method="POST",
+            path="/auth",
+            cookies=wire.cookies(),
+            body=reply({"password": code}),
+            now=wire.now,
+            unix_now=unix_now,
+        )
+        assert (last.success is not None) is ok
