@@ -48,19 +48,42 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from loadgen.gateway.pki import KeyType, ServerPki, make_server_pki
+from cryptography import x509
+
+from loadgen.gateway.pki import (
+    PrivateKey,
+    ServerPki,
+    issue_client_cert,
+    make_ca,
+    make_server_pki,
+    write_cert,
+    write_key,
+)
 from loadgen.lab.netns import in_private_netns
+from loadgen.lab.ocserv_config import (
+    AUTH_MODES,
+    DEFAULT_PROFILE_XML,
+    DEFAULT_TLS_PRIORITIES,
+    AuthMode,
+    OcservConfig,
+    OcservPaths,
+    group_name,
+    otp_users_text,
+    render_config,
+    validate_config,
+)
 from loadgen.lifecycle import Child, ChildSpec, start_child
 
 __all__ = [
+    "AUTH_MODES",
     "DEFAULT_PROFILE_XML",
     "DEFAULT_TLS_PRIORITIES",
     "OPENCONNECT_TUN_SCRIPT",
+    "AuthMode",
     "NotInPrivateNetnsError",
     "OcservConfig",
     "OcservError",
@@ -70,25 +93,6 @@ __all__ = [
     "group_name",
     "write_openconnect_script",
 ]
-
-#: The Debian sample's priorities: TLS 1.2 only (cisco-client-compat would drop
-#: TLS 1.3 from the default anyway, protocol.md §8); set explicitly so that a
-#: GnuTLS system priority file cannot change what the tests see.
-DEFAULT_TLS_PRIORITIES = (
-    "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-VERS-TLS1.3"
-)
-
-DEFAULT_PROFILE_XML = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<AnyConnectProfile xmlns="http://schemas.xmlsoap.org/encoding/">
-  <ServerList>
-    <HostEntry>
-      <HostName>loadgen-lab</HostName>
-      <HostAddress>127.0.0.1</HostAddress>
-    </HostEntry>
-  </ServerList>
-</AnyConnectProfile>
-"""
 
 #: A --script for openconnect that only configures the tun device.  Never use
 #: the default vpnc-script: it would install routes and DNS.  LOADGEN_TUN_PEER
@@ -127,65 +131,6 @@ class NotInPrivateNetnsError(OcservError):
 
 class OcservStartError(OcservError):
     """ocserv did not come up; the message carries the log tail."""
-
-
-def group_name(spec: str) -> str:
-    """``"group2[Group Two]"`` -> ``"group2"`` (the name; the label is shown in the form)."""
-    return spec.split("[", 1)[0].strip()
-
-
-@dataclass(kw_only=True)
-class OcservConfig:
-    """What a test wants from ocserv; the rest is the harness-friendly §8 baseline."""
-
-    #: 0 picks a free port (TCP and UDP get the same number when possible)
-    tcp_port: int = 0
-    #: None: no DTLS (no udp-port line); 0: pick a free port
-    udp_port: int | None = 0
-    #: user name -> password (plain auth)
-    users: dict[str, str] = field(default_factory=lambda: {"alice": "test"})
-    #: ``select-group`` entries, "name" or "name[Label]"; non-empty adds auto-select-group = false
-    groups: list[str] = field(default_factory=list)
-    #: user -> group names; None: every user is a member of every group in ``groups``
-    user_groups: dict[str, list[str]] | None = None
-    #: ``default-select-group`` label (a virtual entry that keeps the user's default group)
-    default_group: str | None = None
-    #: content of the user-profile file; None: no ``user-profile`` line
-    profile_xml: str | None = None
-    #: relative file name of the profile (protocol.md §8: never absolute)
-    profile_name: str = "profile.xml"
-    dpd_s: int = 90
-    mobile_dpd_s: int = 1800
-    keepalive_s: int = 32400
-    cookie_timeout_s: int = 300
-    persistent_cookies: bool = False
-    switch_to_tcp_timeout_s: int = 25
-    #: Same user, same tunnel IP.  With an AnyConnect-style downloader (a
-    #: second TLS connection carrying the cookie) ocserv 1.1.6 opens a second
-    #: session holding that IP; CONNECT's session then shares it with the
-    #: dying one for a few ms and the first replies can go to the old tun.
-    predictable_ips: bool = True
-    #: sec-mod processes.  ocserv 1.1.6 starts one per core; with more than one,
-    #: a session resumed by cookie on a new worker may report to the wrong
-    #: instance ("session stats but with non-existing SID"), and a later
-    #: DISCONNECT 0xb0 then only closes the session temporarily instead of
-    #: invalidating the cookie (seen 2 runs in 3 here).  One keeps §5.4 exact.
-    sec_mod_scale: int = 1
-    auth_timeout_s: int = 240
-    #: the tunnel address pool; it exists only inside the private netns
-    ipv4_network: str = "10.77.0.0/16"
-    tls_priorities: str = DEFAULT_TLS_PRIORITIES
-    dtls_legacy: bool = True
-    dtls_psk: bool = True
-    #: ocserv log-level (0-9; 2 shows the §9.1 lines, 8 includes cookies)
-    log_level: int = 2
-    key_type: KeyType = "rsa"
-    run_as_user: str = "nobody"
-    run_as_group: str = "nogroup"
-    #: raw config lines appended at the end (ocserv keeps the last value of a key)
-    extra_lines: list[str] = field(default_factory=list)
-    #: extra environment for ocserv (SSLKEYLOGFILE, GNUTLS_DEBUG_LEVEL, ...)
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def _port_free(kind: socket.SocketKind, port: int) -> bool:
@@ -301,6 +246,7 @@ class OcservServer:
         self._proc: Child | None = None
         self._dir: Path | None = None
         self.pki: ServerPki | None = None
+        self._client_ca: tuple[x509.Certificate, PrivateKey] | None = None
         self.tcp_port = 0
         self.udp_port: int | None = None
 
@@ -348,6 +294,46 @@ class OcservServer:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def client_ca_path(self) -> Path:
+        """The CA ocserv trusts for user certificates (certificate modes only)."""
+        if self._client_ca is None:
+            raise OcservError("no client CA: auth mode has no certificate")
+        return self.directory / "pki" / "client-ca-cert.pem"
+
+    @property
+    def otp_path(self) -> Path | None:
+        """The liboath users file (liboath rewrites it with the last counter used)."""
+        return None if self.config.otp_users is None else self.directory / "users.otp"
+
+    def issue_user_cert(self, cn: str) -> tuple[Path, Path]:
+        """A client certificate for user ``cn`` (subject CN) signed by the client CA:
+        (cert_path, key_path), PEM, the key unencrypted and 0600."""
+        if self._client_ca is None:
+            raise OcservError("no client CA: auth mode has no certificate")
+        if not cn or "/" in cn or cn.startswith("."):
+            raise OcservError(f"unusable common name for a file name: {cn!r}")
+        ca_cert, ca_key = self._client_ca
+        cert, key = issue_client_cert(ca_cert, ca_key, cn, key_type=self.config.key_type)
+        users = self.directory / "users"
+        users.mkdir(mode=0o700, exist_ok=True)
+        cert_path, key_path = users / f"{cn}-cert.pem", users / f"{cn}-key.pem"
+        write_cert(cert_path, cert)
+        write_key(key_path, key)
+        return cert_path, key_path
+
+    def _paths(self) -> OcservPaths:
+        pki = self._pki()
+        return OcservPaths(
+            directory=self.directory,
+            passwd=self.directory / "passwd",
+            server_cert=pki.server_cert_path,
+            server_key=pki.server_key_path,
+            occtl_socket=self.occtl_socket,
+            otp=self.otp_path,
+            client_ca=None if self._client_ca is None else self.client_ca_path,
+        )
 
     def _pki(self) -> ServerPki:
         if self.pki is None:
@@ -400,7 +386,15 @@ class OcservServer:
 
     def _prepare(self) -> None:
         cfg = self.config
+        try:
+            validate_config(cfg)
+        except ValueError as exc:
+            raise OcservError(str(exc)) from None
         self.pki = make_server_pki(self.directory / "pki", key_type=cfg.key_type)
+        if cfg.uses_certificates:
+            self._client_ca = make_ca("loadgen test client CA", key_type=cfg.key_type)
+            write_cert(self.client_ca_path, self._client_ca[0])
+            write_key(self.directory / "pki" / "client-ca-key.pem", self._client_ca[1])
         if cfg.tcp_port == 0 or cfg.udp_port == 0:
             tcp, udp = free_port_pair()
             self.tcp_port = cfg.tcp_port or tcp
@@ -408,9 +402,12 @@ class OcservServer:
         else:
             self.tcp_port, self.udp_port = cfg.tcp_port, cfg.udp_port
         self._write_passwd()
+        if cfg.otp_users is not None and self.otp_path is not None:
+            # sec-mod (root) reads it and liboath rewrites it after each use
+            fd = os.open(self.otp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(otp_users_text(cfg.otp_users))
         if cfg.profile_xml is not None:
-            if "/" in cfg.profile_name:
-                raise OcservError("profile_name must be a plain relative file name")
             (self.directory / cfg.profile_name).write_text(cfg.profile_xml, encoding="utf-8")
         self.config_path.write_text(self.render_config(), encoding="utf-8")
         check = subprocess.run(
@@ -449,67 +446,9 @@ class OcservServer:
 
     def render_config(self) -> str:
         """The ocserv.conf text (after ports and paths are known)."""
-        cfg = self.config
-        d = self.directory
-        pki = self._pki()
-        net = ipaddress.ip_network(cfg.ipv4_network)
-
-        def yn(flag: bool) -> str:
-            return "true" if flag else "false"
-
-        lines = [
-            f'auth = "plain[passwd={d / "passwd"}]"',
-            "listen-host = 127.0.0.1",
-            f"tcp-port = {self.tcp_port}",
-        ]
-        if self.udp_port is not None:
-            lines.append(f"udp-port = {self.udp_port}")
-        lines += [
-            f"run-as-user = {cfg.run_as_user}",
-            f"run-as-group = {cfg.run_as_group}",
-            f"socket-file = {d / 'ocserv.sock'}",
-            f"occtl-socket-file = {self.occtl_socket}",
-            "use-occtl = true",
-            f"pid-file = {d / 'ocserv.pid'}",
-            f"server-cert = {pki.server_cert_path}",
-            f"server-key = {pki.server_key_path}",
-            # §8 harness-friendly baseline: no admission control, no banning.
-            "isolate-workers = false",
-            "max-clients = 0",
-            "max-same-clients = 0",
-            "rate-limit-ms = 0",
-            "max-ban-score = 0",
-            "cisco-client-compat = true",
-            f"dtls-legacy = {yn(cfg.dtls_legacy)}",
-            f"dtls-psk = {yn(cfg.dtls_psk)}",
-            f"predictable-ips = {yn(cfg.predictable_ips)}",
-            f"sec-mod-scale = {cfg.sec_mod_scale}",
-            "try-mtu-discovery = false",
-            f'tls-priorities = "{cfg.tls_priorities}"',
-            f"auth-timeout = {cfg.auth_timeout_s}",
-            f"cookie-timeout = {cfg.cookie_timeout_s}",
-            f"persistent-cookies = {yn(cfg.persistent_cookies)}",
-            f"dpd = {cfg.dpd_s}",
-            f"mobile-dpd = {cfg.mobile_dpd_s}",
-            f"keepalive = {cfg.keepalive_s}",
-            f"switch-to-tcp-timeout = {cfg.switch_to_tcp_timeout_s}",
-            f"log-level = {cfg.log_level}",
-            "device = vpns",
-            f"ipv4-network = {net.network_address}",
-            f"ipv4-netmask = {net.netmask}",
-            "ping-leases = false",
-        ]
-        for spec in cfg.groups:
-            lines.append(f"select-group = {spec}")
-        if cfg.default_group is not None:
-            lines.append(f"default-select-group = {cfg.default_group}")
-        if cfg.groups:
-            lines.append("auto-select-group = false")
-        if cfg.profile_xml is not None:
-            # Relative on purpose: resolved against ocserv's cwd (the config dir).
-            lines.append(f"user-profile = {cfg.profile_name}")
-        lines += cfg.extra_lines
-        return "\n".join(lines) + "\n"
+        return render_config(
+            self.config, self._paths(), tcp_port=self.tcp_port, udp_port=self.udp_port
+        )
 
     def _spawn(self) -> None:
         env = dict(os.environ)
