@@ -174,7 +174,7 @@ def test_run_holds_500_sessions_with_a_certificate_each(
         [
             *[sys.executable, "-m", "loadgen", "run", server.url, "--cafile", str(server.ca_path)],
             *["--credentials", str(credentials), "--sessions", str(RUN_SESSIONS)],
-            *["--rate", "50", "--duration", "25", "--echo-every", "10", "--no-progress"],
+            *["--rate", "60", "--duration", "15", "--echo-every", "5", "--no-progress"],
             *["--summary", str(summary_path)],
         ],
         capture_output=True,
