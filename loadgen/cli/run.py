@@ -301,6 +301,8 @@ async def _run_against(
     except ValueError as exc:  # CertificateError, a bad token secret, options together
         console.print(f"[red]{exc}[/red]", markup=False)
         return EXIT_USAGE
+    if profile.tokens is not None:
+        profile.tokens.on_wait = metrics.token_waited
     # No two live sessions share a user (the gateway would evict one): an
     # ended session's identity serves its replacement.
     pool = feeder.pool()

@@ -39,6 +39,8 @@ class TokenCodes:
         if wait > 0:
             self._bank.waits += 1
             self._bank.waited_s += wait
+            if self._bank.on_wait is not None:
+                self._bank.on_wait(wait)
             # a little past the boundary: the gateway's clock may lag ours
             await trio.sleep(wait + 0.05)
         return wait
@@ -71,6 +73,8 @@ class TokenBank:
         #: logins that waited for a fresh TOTP step, and how long in all
         self.waits = 0
         self.waited_s = 0.0
+        #: told the seconds of each wait (a metric)
+        self.on_wait: Callable[[float], None] | None = None
 
     def for_user(self, username: str, secret: str) -> TokenCodes:
         """The codes of ``username`` (ValueError for a bad secret, never quoting it)."""

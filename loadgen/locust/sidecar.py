@@ -217,6 +217,8 @@ class Sidecar:
             # a bad URL or CA file: the test's configuration, not the gateway
             await self._reject(cmd.seq, f"bad connect settings: {type(exc).__name__}: {exc}")
             return
+        if profile.tokens is not None:
+            profile.tokens.on_wait = self._metrics.token_waited
         if cmd.profile not in self._profiles and len(self._profiles) >= MAX_PROFILES:
             await self._reject(cmd.seq, f"more than {MAX_PROFILES} option sets")
             return

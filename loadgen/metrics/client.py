@@ -20,6 +20,8 @@
 | loadgen_event_loop_lag_seconds | histogram | |
 | loadgen_generator_saturated | gauge | (0 or 1) |
 | loadgen_reconnect_duration_seconds | histogram | |
+| loadgen_token_waits_total | counter | |
+| loadgen_token_wait_seconds_total | counter | |
 | process_* | ProcessCollector | (CPU, memory, fds; on by default) |
 
 Label values come only from ``loadgen.failures`` and the tuples below
@@ -172,6 +174,17 @@ class ClientMetrics:
             registry=registry,
         )
 
+        self.token_waits = Counter(
+            "loadgen_token_waits",
+            "Logins that waited for a fresh TOTP step (one code per identity and step)",
+            registry=registry,
+        )
+        self.token_wait = Counter(
+            "loadgen_token_wait_seconds",
+            "Seconds logins waited for a fresh TOTP step",
+            registry=registry,
+        )
+
         # Pre-bound children: dashboards see zeros, and the hot path skips labels().
         self._phase = {p: self.phase_duration.labels(p) for p in DURATION_PHASES}
         self._phase_max = {p: self.phase_duration_max.labels(p) for p in DURATION_PHASES}
@@ -244,6 +257,10 @@ class ClientMetrics:
 
     def reconnect(self, seconds: float) -> None:
         self.reconnect_duration.observe(seconds)
+
+    def token_waited(self, seconds: float) -> None:
+        self.token_waits.inc()
+        self.token_wait.inc(seconds)
 
     def observe_lag(self, seconds: float) -> None:
         self.event_loop_lag.observe(seconds)
