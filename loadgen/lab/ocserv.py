@@ -32,6 +32,20 @@ What ocserv 1.1.6 needs here, found by experiment (the gotchas):
   the workers stay in main's process group, so ``killpg`` reaches them all.
 * No ``chroot-dir``, ``isolate-workers = false`` (no seccomp surprises), and
   ``run-as-user = nobody`` / ``nogroup`` work as root here.
+
+Authentication setups (``OcservConfig.auth``, rendered by ``loadgen.lab.ocserv_config``;
+what ocserv sends for each is captured in tests/proto/vectors/ocserv_auth):
+
+* The certificate modes get their own client CA (not the server's), made per
+  start; ``issue_user_cert(cn)`` signs a user certificate with it.  The user
+  name is the CN (``cert-user-oid = 2.5.4.3``); with certificate only, the CN
+  need not be in the passwd file.  With ``certificate+plain`` the typed user
+  name must equal the CN, checked only after the password (401).
+* ``otp=`` points at a liboath users file that sec-mod (root) rewrites after
+  every accepted code (counter, last OTP, time): a code is good once.
+* A wrong password makes ocserv's plain module fail the rest of that auth
+  session: the "Login failed." retry form rejects even the right password.
+* ocserv copies ``banner`` / ``pre-login-banner`` into its XML unescaped.
 """
 
 from __future__ import annotations

@@ -29,10 +29,12 @@ from loadgen.lab.ocserv import (
     DEFAULT_PROFILE_XML,
     NotInPrivateNetnsError,
     OcservConfig,
+    OcservError,
     OcservServer,
     OcservStartError,
     write_openconnect_script,
 )
+from loadgen.lab.ocserv_config import OcservPaths, otp_users_text, render_config, validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -374,3 +376,168 @@ def test_ocserv_lab_script_runs_the_command(private_netns: None) -> None:
     )
     assert proc.returncode == 7, proc.stderr
     assert "ocserv-lab: ocserv at https://127.0.0.1:" in proc.stderr
+
+
+# -- authentication setups (config rendering, then the real ocserv) ---------------
+
+
+def _paths(root: Path, *, otp: bool = False, client_ca: bool = False) -> OcservPaths:
+    return OcservPaths(
+        directory=root,
+        passwd=root / "passwd",
+        server_cert=root / "server-cert.pem",
+        server_key=root / "server-key.pem",
+        occtl_socket=root / "occtl.sock",
+        otp=root / "users.otp" if otp else None,
+        client_ca=root / "client-ca.pem" if client_ca else None,
+    )
+
+
+def _auth_part(text: str) -> list[str]:
+    keys = ("auth", "enable-auth", "ca-cert", "cert-user-oid")
+    return [line for line in text.splitlines() if line.split(" =", 1)[0] in keys]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("plain", ['auth = "plain[passwd=/w/passwd]"']),
+        (
+            "certificate",
+            ['auth = "certificate"', "ca-cert = /w/client-ca.pem", "cert-user-oid = 2.5.4.3"],
+        ),
+        (
+            "certificate+plain",
+            [
+                'auth = "certificate"',
+                'auth = "plain[passwd=/w/passwd]"',
+                "ca-cert = /w/client-ca.pem",
+                "cert-user-oid = 2.5.4.3",
+            ],
+        ),
+        (
+            "plain|certificate",
+            [
+                'auth = "plain[passwd=/w/passwd]"',
+                'enable-auth = "certificate"',
+                "ca-cert = /w/client-ca.pem",
+                "cert-user-oid = 2.5.4.3",
+            ],
+        ),
+    ],
+)
+def test_auth_modes_render(mode: Any, expected: list[str]) -> None:
+    cfg = OcservConfig(auth=mode)
+    text = render_config(cfg, _paths(Path("/w"), client_ca=True), tcp_port=1, udp_port=None)
+    assert _auth_part(text) == expected
+    assert "banner" not in text
+
+
+def test_certificate_mode_needs_a_client_ca() -> None:
+    with pytest.raises(ValueError, match="client CA"):
+        render_config(OcservConfig(auth="certificate"), _paths(Path("/w")), tcp_port=1, udp_port=1)
+
+
+def test_otp_users_file_and_plain_option() -> None:
+    secret = "3132333435363738393031323334353637383930"
+    cfg = OcservConfig(otp_users={"alice": secret.upper()})
+    text = render_config(cfg, _paths(Path("/w"), otp=True), tcp_port=1, udp_port=None)
+    assert 'auth = "plain[passwd=/w/passwd,otp=/w/users.otp]"' in text
+    assert otp_users_text({"alice": secret.upper()}) == f"HOTP\talice\t-\t{secret}\n"
+
+
+def test_banners_are_written_raw() -> None:
+    cfg = OcservConfig(banner="Use <ctrl-c> to quit", pre_login_banner="Terms & Conditions apply")
+    text = render_config(cfg, _paths(Path("/w")), tcp_port=1, udp_port=None)
+    assert 'banner = "Use <ctrl-c> to quit"\n' in text
+    assert 'pre-login-banner = "Terms & Conditions apply"\n' in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"auth": "radius"}, "auth must be one of"),
+        ({"auth": "certificate", "otp_users": {"alice": "00"}}, "plain auth mode"),
+        ({"otp_users": {"two words": "00"}}, "one word"),
+        ({"banner": "two\nlines"}, "one line"),
+        ({"pre_login_banner": 'say "hi"'}, "double quotes"),
+        ({"profile_name": "../x.xml"}, "relative"),
+    ],
+)
+def test_validate_refuses_configs_that_mean_something_else(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_config(OcservConfig(**changes))
+
+
+def test_a_bad_otp_secret_is_not_echoed() -> None:
+    with pytest.raises(ValueError) as info:
+        validate_config(OcservConfig(otp_users={"alice": "not-hex-s3cret"}))
+    assert "s3cret" not in str(info.value)
+    assert "alice" in str(info.value)
+
+
+def test_public_names_still_import_from_the_harness_module() -> None:
+    from loadgen.lab import ocserv_config
+
+    for name in ("OcservConfig", "DEFAULT_PROFILE_XML", "DEFAULT_TLS_PRIORITIES", "group_name"):
+        assert getattr(ocserv_mod, name) is getattr(ocserv_config, name)
+    assert set(ocserv_config.AUTH_MODES) == {
+        "plain",
+        "certificate",
+        "certificate+plain",
+        "plain|certificate",
+    }
+
+
+@pytest.mark.interop
+@needs_tools
+@pytest.mark.parametrize(
+    ("mode", "method"),
+    [
+        ("plain", "plain"),
+        ("certificate", "certificate"),
+        ("certificate+plain", "certificate+plain"),
+        ("plain|certificate", "plain"),
+    ],
+)
+def test_each_auth_mode_parses_and_starts(private_netns: None, mode: Any, method: str) -> None:
+    cfg = OcservConfig(
+        auth=mode,
+        udp_port=None,
+        banner="Use <ctrl-c> to quit",
+        pre_login_banner="Terms & Conditions apply",
+        otp_users={"alice": "3132"} if "plain" in mode else None,
+    )
+    with OcservServer(cfg) as server:  # start() runs `ocserv -t` and refuses warnings
+        server.wait_for_log(f"setting '{method}' as primary authentication method")
+        if mode == "plain|certificate":
+            assert 'enable-auth = "certificate"' in server.config_path.read_text()
+        if cfg.uses_certificates:
+            ca = x509.load_pem_x509_certificate(server.client_ca_path.read_bytes())
+            cert_path, key_path = server.issue_user_cert("carol")
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            assert cert.issuer == ca.subject
+            cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+            assert cn == "carol"
+            assert key_path.stat().st_mode & 0o077 == 0
+            # the client CA is not the one that signed the server certificate
+            assert server.client_ca_path != server.ca_path
+        else:
+            with pytest.raises(OcservError, match="no client CA"):
+                server.issue_user_cert("carol")
+        if cfg.otp_users is not None:
+            assert server.otp_path is not None
+            assert server.otp_path.read_text() == "HOTP\talice\t-\t3132\n"
+        else:
+            assert server.otp_path is None
+
+
+@pytest.mark.interop
+@needs_tools
+def test_invalid_auth_config_is_refused_before_ocserv_runs(private_netns: None) -> None:
+    server = OcservServer(OcservConfig(auth="certificate", otp_users={"alice": "00"}))
+    with pytest.raises(OcservError, match="plain auth mode"):
+        server.start()
+    assert server.pid is None
