@@ -51,6 +51,7 @@ def _peak_rss(url: str, ca: Path, sessions: int, extra: list[str], out: Path) ->
 
 def _per_session(mode: str, small: int, large: int, work: Path, password_args: list[str]) -> float:
     gw_dir = work / f"gw-{mode}"
+    gw_dir.mkdir(exist_ok=True)
     spec = gateway_spec(gw_dir, ("--auth", mode, "--max-sessions", str(large + 10)))
     with start_child(spec) as child:
         url, ca = child.banner["url"], Path(child.banner["ca"])
