@@ -4,26 +4,23 @@ Client role: build ``init`` / ``auth-reply`` / ``logout``, parse the gateway's
 ``auth-request`` forms and ``complete`` answers.  Server role: parse what a
 client posts and build ocserv 1.1.6 shaped forms and success bodies.
 
-Every parser goes through defusedxml with DTDs, entity declarations and
-external references forbidden, after a size cap; every failure becomes a
-BadPacketError.  The ``<opaque>`` element is kept as the exact bytes the
-gateway sent, because it must be echoed back unchanged (§2.4, §2.5).
+Every parser goes through ``xml_safe`` (defusedxml, size and depth caps,
+ocserv's banners repaired); every failure becomes a BadPacketError.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
-
-from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
-from defusedxml.ElementTree import DefusedXMLParser
+from xml.etree.ElementTree import Element
 
 from loadgen.proto.errors import BadPacketError, LocalProtocolError
+from loadgen.proto.xml_safe import MAX_BODY_BYTES, MAX_DEPTH, parse_config_auth_untrusted, short
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_DEPTH",
     "AuthComplete",
     "AuthForm",
     "ClientAuthReply",
@@ -44,8 +41,6 @@ __all__ = [
     "parse_client_message_untrusted",
 ]
 
-#: Real forms are a few hundred bytes; an ASA ``complete`` with manifests a few KiB.
-MAX_BODY_BYTES = 256 * 1024
 
 _DECL = '<?xml version="1.0" encoding="UTF-8"?>\n'
 #: ocserv 1.1.6 announces itself with this fixed version string (§2.4, §2.6).
@@ -66,11 +61,6 @@ _URI_CHARS = re.compile(r"[\x21-\x7e]{1,2048}\Z")
 _TOKEN_CHARS = re.compile(r"[\x21-\x2b\x2d-\x3a\x3c-\x7e]{1,4096}\Z")
 _SHA1_HEX = re.compile(r"[0-9A-Fa-f]{40}\Z")
 #: Real documents nest five or six deep; a deeper one is an attack on the parser.
-MAX_DEPTH = 32
-#: Elements whose text ocserv writes unescaped (its banners, §2.4, §2.6).
-_TEXT_ELEMENTS = (b"banner", b"pre-login-banner", b"message")
-#: An ``&`` that starts no character or entity reference (ocserv's unescaped banners).
-_BARE_AMP = re.compile(rb"&(?!#[0-9]{1,7};|#x[0-9A-Fa-f]{1,6};|[A-Za-z_][A-Za-z0-9._-]{0,31};)")
 # Characters XML 1.0 cannot carry, even escaped.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -221,169 +211,6 @@ class ClientLogout:
 # -- parsing --------------------------------------------------------------------
 
 
-class _TooDeepError(Exception):
-    """Raised from inside expat: the document nests deeper than MAX_DEPTH."""
-
-
-class _Target:
-    """TreeBuilder target that also notes where a top-level ``<opaque>`` starts."""
-
-    def __init__(self) -> None:
-        self._builder = TreeBuilder()
-        self._depth = 0
-        self.position: Callable[[], int] = lambda: -1
-        self.opaque_at: int | None = None
-
-    def start(self, tag: str, attrs: dict[str, str]) -> Element:
-        if self._depth == 1 and tag == "opaque":
-            self.opaque_at = self.position()
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise _TooDeepError
-        return self._builder.start(tag, attrs)
-
-    def end(self, tag: str) -> Element:
-        self._depth -= 1
-        return self._builder.end(tag)
-
-    def data(self, text: str) -> None:
-        self._builder.data(text)
-
-    def close(self) -> Element:
-        return self._builder.close()
-
-
-def _short(text: str, limit: int = 60) -> str:
-    """A gateway string, quoted and cut, for error messages."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _element_end(raw: bytes, start: int) -> int:
-    """Index just past the element whose start tag begins at ``raw[start]``.
-
-    Only called on a document expat has already accepted (well-formed, no DTD),
-    so a small scanner that knows comments, CDATA, PIs and quoted attributes
-    is exact.  Every step moves forward, so the loop is bounded by ``len(raw)``.
-    """
-    depth = 0
-    pos = start
-    while True:
-        lt = raw.find(b"<", pos)
-        if lt < 0:
-            break
-        for opener, closer in ((b"<!--", b"-->"), (b"<![CDATA[", b"]]>"), (b"<?", b"?>")):
-            if raw.startswith(opener, lt):
-                close = raw.find(closer, lt + len(opener))
-                if close < 0:
-                    raise BadPacketError("unterminated markup inside <opaque>")
-                pos = close + len(closer)
-                break
-        else:
-            gt, quote = lt + 1, 0
-            while gt < len(raw) and (quote or raw[gt] != ord(">")):
-                if raw[gt] in b"\"'":
-                    quote = 0 if quote == raw[gt] else (quote or raw[gt])
-                gt += 1
-            if gt >= len(raw):
-                break
-            if raw[lt + 1] == ord("/"):
-                depth -= 1
-            elif raw[gt - 1] != ord("/"):
-                depth += 1
-            pos = gt + 1
-            if depth <= 0:
-                return pos
-    raise BadPacketError("could not find the end of <opaque>")
-
-
-def _parse_untrusted(body: bytes, what: str) -> tuple[Element, bytes | None]:
-    """Parse with defusedxml; return the root and the raw top-level ``<opaque>``."""
-    if not isinstance(body, bytes | bytearray):
-        raise BadPacketError(f"{what}: expected bytes, got {type(body).__name__}")
-    body = bytes(body)
-    if len(body) > MAX_BODY_BYTES:
-        raise BadPacketError(f"{what}: {len(body)} bytes exceed the {MAX_BODY_BYTES} byte cap")
-    try:
-        return _parse_once(body, what)
-    except _MalformedError as exc:
-        repaired = _repair(body)
-        if repaired == body:
-            raise BadPacketError(str(exc)) from None
-        try:
-            return _parse_once(repaired, what)
-        except _MalformedError:
-            raise BadPacketError(str(exc)) from None
-
-
-class _MalformedError(Exception):
-    """Not well-formed XML: the one failure a repair may cure."""
-
-
-def _repair(body: bytes) -> bytes:
-    """ocserv's unescaped banners made well-formed, as openconnect's parser recovers them.
-
-    Only a bare ``&`` and the ``<``/``>`` inside the text elements ocserv fills
-    from its configuration are escaped; nothing can add a DTD or an entity, so
-    whatever the strict parse refused for safety stays refused.
-    """
-    repaired = _BARE_AMP.sub(b"&amp;", body)
-    for tag in _TEXT_ELEMENTS:
-        opener, closer = b"<" + tag + b">", b"</" + tag + b">"
-        out: list[bytes] = []
-        pos = 0
-        while (start := repaired.find(opener, pos)) >= 0:
-            inner = start + len(opener)
-            end = repaired.find(closer, inner)
-            if end < 0:
-                break
-            text = repaired[inner:end].replace(b"<", b"&lt;").replace(b">", b"&gt;")
-            out += [repaired[pos:inner], text, closer]
-            pos = end + len(closer)
-        out.append(repaired[pos:])
-        repaired = b"".join(out)
-    return repaired
-
-
-def _parse_once(body: bytes, what: str) -> tuple[Element, bytes | None]:
-    target = _Target()
-    # encoding="utf-8" overrides the declaration: byte offsets below are UTF-8
-    # offsets, and the opaque bytes are pasted into our own UTF-8 replies.
-    parser = DefusedXMLParser(
-        target=target,
-        encoding="utf-8",
-        forbid_dtd=True,
-        forbid_entities=True,
-        forbid_external=True,
-    )
-    expat = parser.parser
-    target.position = lambda: int(expat.CurrentByteIndex)
-    try:
-        parser.feed(body)
-        root = parser.close()
-    except DTDForbidden as exc:
-        raise BadPacketError(f"{what}: DTDs are forbidden (<!DOCTYPE> found)") from exc
-    except EntitiesForbidden as exc:
-        raise BadPacketError(f"{what}: entity declarations are forbidden") from exc
-    except DefusedXmlException as exc:
-        raise BadPacketError(f"{what}: forbidden XML construct ({type(exc).__name__})") from exc
-    except _TooDeepError:
-        raise BadPacketError(f"{what}: nested deeper than {MAX_DEPTH} elements") from None
-    except ParseError as exc:
-        raise _MalformedError(f"{what}: malformed XML ({exc})") from exc
-    except (ValueError, LookupError, UnicodeError, RecursionError) as exc:
-        raise BadPacketError(f"{what}: unparsable XML ({type(exc).__name__})") from exc
-    if not isinstance(root, Element):
-        raise BadPacketError(f"{what}: no root element")
-    if root.tag != "config-auth":
-        raise BadPacketError(
-            f"{what}: root element is <{_short(str(root.tag))}>, not <config-auth>"
-        )
-    opaque = None
-    if target.opaque_at is not None and target.opaque_at >= 0:
-        opaque = body[target.opaque_at : _element_end(body, target.opaque_at)]
-    return root, opaque
-
-
 def _message(element: Element | None) -> str | None:
     """Element text with ASA's ``%s`` placeholders filled from param1/param2.
 
@@ -408,7 +235,7 @@ def _stripped(element: Element | None) -> str | None:
 
 def _checked_uri(value: str, what: str) -> str:
     if not _URI_CHARS.match(value):
-        raise BadPacketError(f"{what} {_short(value)} is not a printable URI without spaces")
+        raise BadPacketError(f"{what} {short(value)} is not a printable URI without spaces")
     return value
 
 
@@ -420,7 +247,7 @@ def _parse_input(element: Element) -> FormInput | None:
     if not kind or name is None or kind not in ("text", "password", "hidden", "sso"):
         return None
     if kind != "sso" and not _XML_NAME.match(name):
-        raise BadPacketError(f"form field name {_short(name)} is not an XML name")
+        raise BadPacketError(f"form field name {short(name)} is not an XML name")
     return FormInput(
         type=kind, name=name, label=element.get("label") or "", value=element.get("value") or ""
     )
@@ -431,7 +258,7 @@ def _parse_select(element: Element) -> FormSelect:
     if name is None:
         raise BadPacketError("<select> without a name")
     if not _XML_NAME.match(name):
-        raise BadPacketError(f"<select> name {_short(name)} is not an XML name")
+        raise BadPacketError(f"<select> name {short(name)} is not an XML name")
     options = []
     for option in element.findall("option"):
         label = "".join(option.itertext())
@@ -503,7 +330,7 @@ def _parse_profile_file(element: Element) -> ProfileManifestEntry:
         if (digest.get("type") or "sha1").lower() == "sha1":
             sha1 = _stripped(digest)
     if sha1 is None or not _SHA1_HEX.match(sha1):
-        raise BadPacketError(f"profile manifest entry {_short(uri)} has no valid SHA-1 hash")
+        raise BadPacketError(f"profile manifest entry {short(uri)} has no valid SHA-1 hash")
     return ProfileManifestEntry(
         uri=_checked_uri(uri, "profile URI"),
         sha1_hex=sha1.upper(),
@@ -557,7 +384,7 @@ def _parse_complete(root: Element, auth: Element | None) -> AuthComplete:
 
 def parse_auth_response_untrusted(body: bytes) -> AuthForm | AuthComplete:
     """Parse a gateway's answer to ``init`` or ``auth-reply`` (§2.4, §2.6)."""
-    root, opaque = _parse_untrusted(body, "auth response")
+    root, opaque = parse_config_auth_untrusted(body, "auth response")
     kind = root.get("type") or ""
     if kind in ("init", "auth-reply", "logout"):
         raise BadPacketError(f"auth response has the client message type {kind!r}")
@@ -570,7 +397,7 @@ def parse_auth_response_untrusted(body: bytes) -> AuthForm | AuthComplete:
 
 def parse_client_message_untrusted(body: bytes) -> ClientInit | ClientAuthReply | ClientLogout:
     """Parse what a client POSTs (server role, §2.3, §2.5, §5.4)."""
-    root, opaque = _parse_untrusted(body, "client message")
+    root, opaque = parse_config_auth_untrusted(body, "client message")
     kind = root.get("type") or ""
     group = root.find("group-select")
     group_select = None if group is None else "".join(group.itertext())
@@ -590,7 +417,7 @@ def parse_client_message_untrusted(body: bytes) -> ClientInit | ClientAuthReply 
         return ClientAuthReply(fields=fields, group_select=group_select, opaque=opaque)
     if kind == "logout":
         return ClientLogout(session_token=_stripped(root.find("session-token")))
-    raise BadPacketError(f"client message has unexpected type {_short(kind)}")
+    raise BadPacketError(f"client message has unexpected type {short(kind)}")
 
 
 # -- building ------------------------------------------------------------------
