@@ -244,3 +244,41 @@ async def test_idle_tunnel_does_not_spin(pki: ServerPki) -> None:
         nursery.cancel_scope.cancel()
     # DPD 90 s, keepalive 32400 s: nothing is due within half a second
     assert calls <= 2
+
+
+async def test_login_redirect_moves_connect_to_the_gateway_that_issued_the_cookie(
+    pki: ServerPki,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        target = ScriptedGateway(pki.server_cert_path, pki.server_key_path, Script())
+        await target.start(nursery)
+        front = Script(redirect_to=target.url + "engineering")
+        first = ScriptedGateway(pki.server_cert_path, pki.server_key_path, front)
+        await first.start(nursery)
+        cfg = _cfg(pki, first.url)
+        async with open_session(cfg, build_client_context(cfg.tls)) as session:
+            await session.connect()
+            assert session.url.url == target.url + "engineering"
+            await session.disconnect(DisconnectReason.USER)
+        nursery.cancel_scope.cancel()
+    assert front.requests == ["POST /"]
+    assert target.script.requests[0] == "POST /engineering"
+    assert any(r.startswith("CONNECT") for r in target.script.requests)
+    assert b"<group-access>" + target.url.encode() + b"engineering</group-access>" in (
+        target.script.inits[0]
+    )
+
+
+@pytest.mark.parametrize("has_certificate", [True, False])
+async def test_client_cert_request(pki: ServerPki, has_certificate: bool) -> None:
+    script = Script(cert_request=True)
+    phases, error, _ = await _run(pki, script, echo=0, has_certificate=has_certificate)
+    assert error is None, error
+    assert len(script.inits) == 2
+    if has_certificate:
+        # reconnect to present the certificate, then a plain init
+        assert script.connections >= 2
+        assert b"client-cert-fail" not in script.inits[1]
+    else:
+        assert b"<client-cert-fail/>" in script.inits[1]
+    assert Phase.CSTP_CONNECT in phases

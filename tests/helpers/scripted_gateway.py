@@ -47,6 +47,13 @@ FORM_PASSWORD = b"""<?xml version="1.0" encoding="UTF-8"?>
 </config-auth>
 """
 
+CERT_REQUEST = b"""<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="auth-request" aggregate-auth-version="2">
+<opaque is-for="sg"><tunnel-group>DefaultWEBVPNGroup</tunnel-group></opaque>
+<client-cert-request/>
+</config-auth>
+"""
+
 FORM_PASSWORD_FAILED = FORM_PASSWORD.replace(
     b"Please enter your password.", b"Login failed.\nPlease enter your password."
 )
@@ -99,6 +106,13 @@ class Script:
     answer_echo: bool = True
     requests: list[str] = field(default_factory=list)
     disconnect_payloads: list[bytes] = field(default_factory=list)
+    #: answer the first init with a 302 to this URL (an ASA load-balancing redirect)
+    redirect_to: str | None = None
+    #: answer the first init with ``<client-cert-request/>`` (an ASA asking for one)
+    cert_request: bool = False
+    #: every init body received, and how many TLS connections came
+    inits: list[bytes] = field(default_factory=list)
+    connections: int = 0
 
 
 def _response(status: int, reason: bytes, body: bytes, headers: list[tuple[str, str]]) -> bytes:
@@ -128,6 +142,7 @@ class ScriptedGateway:
         return f"https://127.0.0.1:{self.port}/"
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
+        self.script.connections += 1
         stream = trio.SSLStream(tcp, self.ctx, server_side=True)
         try:
             await self._serve(stream)
@@ -200,6 +215,11 @@ class ScriptedGateway:
         if method == "GET" and target.startswith("/profiles"):
             return _response(200, b"OK", s.profile, [("Content-Type", "text/xml")])
         if b'type="init"' in body:
+            s.inits.append(body)
+            if s.redirect_to is not None and len(s.inits) == 1:
+                return _response(302, b"Found", b"", [("Location", s.redirect_to)])
+            if s.cert_request and len(s.inits) == 1:
+                return _response(200, b"OK", CERT_REQUEST, [ctx_cookie])
             if s.stall_s:
                 await trio.sleep(s.stall_s)
             if s.first_response is not None:
