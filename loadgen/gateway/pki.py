@@ -162,6 +162,44 @@ def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
+def _issue_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    common_name: str,
+    *,
+    key_type: KeyType,
+    usage: x509.ObjectIdentifier,
+    validity: tuple[datetime.datetime, datetime.datetime],
+    san: x509.SubjectAlternativeName | None = None,
+) -> tuple[x509.Certificate, PrivateKey]:
+    """An end-entity certificate for ``common_name`` with extended key ``usage``."""
+    key = new_key(key_type)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # RSA keys need keyEncipherment for the static-RSA suites (legacy TLS clients);
+        # GnuTLS refuses a suite whose key usage does not allow it
+        .add_extension(_key_usage(ca=False, key_encipherment=key_type == "rsa"), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def issue_server_cert(
     ca_cert: x509.Certificate,
     ca_key: PrivateKey,
@@ -174,29 +212,15 @@ def issue_server_cert(
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A TLS server certificate for ``names`` (IP addresses or DNS names), signed by
     the CA, and its key."""
-    key = new_key(key_type)
-    start, end = _validity(valid_days, valid_from)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(_san(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        # RSA keys need keyEncipherment for the static-RSA suites (legacy TLS clients);
-        # GnuTLS refuses a suite whose key usage does not allow it
-        .add_extension(_key_usage(ca=False, key_encipherment=key_type == "rsa"), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    return _issue_leaf(
+        ca_cert,
+        ca_key,
+        common_name,
+        key_type=key_type,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        validity=_validity(valid_days, valid_from),
+        san=_san(names),
     )
-    return cert, key
 
 
 def issue_client_cert(
@@ -211,26 +235,14 @@ def issue_client_cert(
     """A TLS client certificate for the user ``common_name`` (subject CN, which is
     what a gateway's certificate authentication maps to the user name), signed by
     the CA, and its key."""
-    key = new_key(key_type)
-    start, end = _validity(valid_days, valid_from)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False, key_encipherment=key_type == "rsa"), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    return _issue_leaf(
+        ca_cert,
+        ca_key,
+        common_name,
+        key_type=key_type,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        validity=_validity(valid_days, valid_from),
     )
-    return cert, key
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
