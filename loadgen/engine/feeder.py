@@ -82,7 +82,9 @@ _OPTIONAL = ("group", "certificate", "sslkey", "key_password", "token_secret")
 def _content_lines(text: str) -> list[tuple[int, str]]:
     """(line number, stripped line) without blank lines and ``#`` comments."""
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # "\n" only: splitlines() also breaks at \x1c-\x1e, \x85 and U+2028, which csv
+    # does not, and the line numbers would no longer match the rows
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if line and not line.startswith("#"):
             out.append((number, line))

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadgen.engine.feeder import (
     Credentials,
@@ -270,3 +272,45 @@ def test_hostname_factory_rejects_negative_numbers() -> None:
         HostnameFactory("abc", -1)
     with pytest.raises(ValueError):
         HostnameFactory("abc", 0).hostname(-1)
+
+
+# -- the CSV columns of issue 13, under hypothesis ------------------------------------------
+
+_CELL = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00XYZ"),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    columns=st.permutations(
+        ["username", "password", "group", "certificate", "sslkey", "key_password", "token_secret"]
+    ),
+    rows=st.lists(st.lists(_CELL, min_size=7, max_size=7), min_size=1, max_size=4),
+    secret=st.text(alphabet="XYZ", min_size=6, max_size=6),
+)
+def test_csv_with_every_column_parses_or_fails_typed(
+    columns: list[str], rows: list[list[str]], secret: str
+) -> None:
+    # the secret columns hold a marker that must never reach an error message
+    hidden = {
+        columns.index("password"),
+        columns.index("key_password"),
+        columns.index("token_secret"),
+    }
+    lines = [",".join(columns)]
+    for row in rows:
+        cells = [
+            f'"{c.replace(chr(34), "")}{secret}"' if i in hidden else f'"{c.replace(chr(34), "")}"'
+            for i, c in enumerate(row)
+        ]
+        lines.append(",".join(cells))
+    try:
+        creds = parse_credentials_text("\n".join(lines) + "\n")
+    except FeederError as exc:
+        assert secret not in str(exc)
+        return
+    for c in creds:
+        assert secret in c.password and c.key_password is not None and secret in c.key_password
+        assert secret not in repr(c)
