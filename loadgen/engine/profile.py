@@ -98,6 +98,10 @@ class SessionProfile:
             raise ValueError("--sslkey needs --certificate")
         if opts.token_secret is not None and opts.token_mode is None:
             raise ValueError("--token-secret needs --token-mode (hotp or totp)")
+        if opts.token_mode is not None and opts.token_secret is None and opts.credentials is None:
+            raise ValueError(
+                "--token-mode needs --token-secret (or a credentials file's token_secret column)"
+            )
         self.contexts = ContextCache(lambda: build_client_context(self.tls), max_contexts)
         self.tokens = None if opts.token_mode is None else TokenBank(TokenMode(opts.token_mode))
         if self.tokens is not None and opts.token_secret is not None:
