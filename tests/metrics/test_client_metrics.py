@@ -30,6 +30,8 @@ CATALOGUE = {
     "loadgen_event_loop_lag_seconds": ("histogram", ()),
     "loadgen_generator_saturated": ("gauge", ()),
     "loadgen_reconnect_duration_seconds": ("histogram", ()),
+    "loadgen_token_waits": ("counter", ()),
+    "loadgen_token_wait_seconds": ("counter", ()),
 }
 PHASE_LE = ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0",
             "2.0", "5.0", "10.0", "20.0", "30.0", "60.0", "+Inf"]  # fmt: skip
