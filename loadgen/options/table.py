@@ -101,8 +101,8 @@ class ClientOptions:
         None,
         "password",
         "credentials",
-        "password of every user (visible in the process list: prefer --password-stdin, or "
-        "LOADGEN_VPN_PASSWORD for Locust); without a URL the embedded gateway's password",
+        "password of every user (visible in the process list: prefer --password-stdin or "
+        "LOADGEN_VPN_PASSWORD); without a URL the embedded gateway's password",
         convert=str,
         secret=True,
         env_var="LOADGEN_VPN_PASSWORD",
