@@ -188,7 +188,7 @@ def _session_report(report: dict[str, Any], session: VpnSession) -> None:
     if "cstp_connect" in report["phases"]:
         # the whole connect exists only once the tunnel is up
         report["phases"]["connect"] = session.connect_time
-    report["tls"] = {"version": session.tls_version}
+    report["tls"] = {"version": session.tls_version, "cipher": session.tls_cipher}
     if session.profile is not None:
         report["profile"] = {
             "uri": session.profile.uri,

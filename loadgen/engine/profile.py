@@ -60,6 +60,10 @@ def tls_options(opts: ClientOptions) -> TlsOptions:
         servername=opts.servername,
         pin=parse_pin(opts.servercert) if opts.servercert else None,
         insecure=opts.insecure,
+        ciphers=opts.tls_ciphers,
+        min_version=opts.tls_min_version,
+        max_version=opts.tls_max_version,
+        allow_insecure_crypto=opts.allow_insecure_crypto,
     )
 
 

@@ -127,6 +127,7 @@ class VpnSession:
         self.profile: ProfileInfo | None = None
         self.tunnel_params: TunnelParams | None = None
         self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
         self.tunnel: DataPath | None = None
         self._master_secret: bytes | None = None
         self._token: str | None = None
@@ -189,6 +190,8 @@ class VpnSession:
             raise self._timeout(Phase.TLS)
         self._main = HttpChannel(stream, self.jar)
         self.tls_version = stream.version()
+        cipher = stream.cipher()
+        self.tls_cipher = None if cipher is None else cipher[0]
         self.phases[Phase.TLS] = trio.current_time() - start
 
     def _timeout(self, phase: Phase) -> SessionFailedError:

@@ -12,6 +12,7 @@ import hmac
 import os
 import socket
 import ssl
+import warnings
 from dataclasses import dataclass
 
 import trio
@@ -20,6 +21,8 @@ from loadgen.failures import Phase, Reason, SessionFailedError
 from loadgen.pins import CertPin, PinKind, cert_pins, parse_pin
 
 __all__ = [
+    "DEFAULT_TLS_CIPHERS",
+    "TLS_VERSIONS",
     "CertPin",
     "TlsOptions",
     "build_client_context",
@@ -43,12 +46,35 @@ def check_pin(pin: CertPin, der: bytes | None) -> None:
         )
 
 
+#: What AnyConnect and openconnect offer in TLS 1.2 and below: ECDHE and RSA key
+#: exchange, AES-GCM and AES-CBC with SHA-1 or SHA-2 (older ASA "medium" settings and
+#: ocserv priority strings without ECDHE need the latter ones).  TLS 1.3 suites are
+#: OpenSSL's own: Python's ssl cannot set them.
+DEFAULT_TLS_CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:RSA+AESGCM:RSA+AES"
+    ":!aNULL:!eNULL:!MD5:!DSS:!3DES:!RC4:!PSK:!SRP:!CAMELLIA:!ARIA"
+)
+TLS_VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TlsOptions:
     cafile: str | None = None
     servername: str | None = None
     pin: CertPin | None = None
     insecure: bool = False
+    #: an OpenSSL cipher string for TLS 1.2 and below; None: DEFAULT_TLS_CIPHERS
+    ciphers: str | None = None
+    #: "1.0" to "1.3"; None: 1.2 (below needs allow_insecure_crypto) and the newest
+    min_version: str | None = None
+    max_version: str | None = None
+    #: TLS below 1.2 and OpenSSL security level 0, for this context only
+    allow_insecure_crypto: bool = False
 
 
 def build_client_context(opts: TlsOptions) -> ssl.SSLContext:
@@ -58,6 +84,12 @@ def build_client_context(opts: TlsOptions) -> ssl.SSLContext:
     for one context per identity; the hashed directory (``capath``) is read
     lazily, one CA when a handshake needs it (about 19 KiB per context).
     """
+    ctx = _trust(opts)
+    _offer(ctx, opts)
+    return ctx
+
+
+def _trust(opts: TlsOptions) -> ssl.SSLContext:
     if opts.pin is not None or opts.insecure:
         # The pin replaces CA trust (checked after the handshake); insecure
         # replaces everything: no store at all.
@@ -116,3 +148,28 @@ def classify_transport_error(exc: BaseException) -> tuple[Reason, str]:
             return classify_transport_error(cause)
         return Reason.UNREACHABLE, f"network error: {exc.strerror or exc}"
     return Reason.INTERNAL, f"{type(exc).__name__}"
+
+
+def _offer(ctx: ssl.SSLContext, opts: TlsOptions) -> None:
+    """The versions and suites offered (ValueError for ones OpenSSL does not know)."""
+    ciphers = opts.ciphers or DEFAULT_TLS_CIPHERS
+    if opts.allow_insecure_crypto:
+        # SHA-1 signatures and small keys of old gateways; this context only
+        ciphers = "@SECLEVEL=0:" + ciphers
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        raise ValueError(f"no cipher suite matches --tls-ciphers {opts.ciphers!r}") from None
+    low = TLS_VERSIONS[opts.min_version] if opts.min_version else ssl.TLSVersion.TLSv1_2
+    if low < ssl.TLSVersion.TLSv1_2 and not opts.allow_insecure_crypto:
+        raise ValueError("TLS below 1.2 needs --allow-insecure-crypto")
+    with warnings.catch_warnings():
+        # TLS 1.0 and 1.1 are deprecated in Python; asked for by name here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = low
+    if opts.max_version:
+        ctx.maximum_version = TLS_VERSIONS[opts.max_version]
+    if ctx.maximum_version is not ssl.TLSVersion.MAXIMUM_SUPPORTED and (
+        ctx.maximum_version < ctx.minimum_version
+    ):
+        raise ValueError("--tls-max-version is below --tls-min-version")

@@ -97,11 +97,25 @@ async def open_tls(
         raise
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
         await _abort(stream)
-        raise transport_failure(phase, exc) from exc
+        raise handshake_failure(phase, exc) from exc
     except BaseException:
         await _abort(stream)
         raise
     return stream
+
+
+def handshake_failure(phase: Phase, exc: BaseException) -> SessionFailedError:
+    """A failed TLS handshake: a gateway that closes without a word refuses our offer."""
+    failure = transport_failure(phase, exc)
+    if failure.reason is Reason.CLOSED:
+        # GnuTLS (ocserv) drops the connection when no version or suite is shared
+        return SessionFailedError(
+            phase,
+            Reason.TLS_HANDSHAKE,
+            "the gateway closed the connection during the TLS handshake: it shares no TLS "
+            "version or cipher suite with the offer (see --tls-ciphers, --tls-min-version)",
+        )
+    return failure
 
 
 async def _abort(stream: trio.SSLStream[trio.SocketStream]) -> None:

@@ -66,6 +66,7 @@ def fill_pattern(pattern: str, n: int, user: str) -> str:
 _DOWNLOADS = tuple(m.value for m in DownloadMode)
 _DISCONNECTS = ("logout", "keep")
 _TOKEN_MODES = ("hotp", "totp")
+_TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 _ONE_SESSION = "connect runs one session"
 _ECHO_RUN_WHY = (
     "a load run's echo rate is sessions x count / --echo-every: one probe per period, "
@@ -229,6 +230,43 @@ class ClientOptions:
         metavar="PIN",
     )
     insecure: bool = option(False, "insecure", "TLS", "do not verify the server certificate at all")
+    tls_ciphers: str | None = option(
+        None,
+        "tls-ciphers",
+        "TLS",
+        "OpenSSL cipher string for TLS 1.2 and below (TLS 1.3 suites cannot be set from "
+        "Python); default: what AnyConnect offers, ECDHE and RSA key exchange, AES-GCM and "
+        "AES-CBC with SHA-1 or SHA-2",
+        convert=str,
+        check=s.not_empty,
+        metavar="LIST",
+    )
+    tls_min_version: str | None = option(
+        None,
+        "tls-min-version",
+        "TLS",
+        "lowest TLS version offered: 1.0, 1.1, 1.2 or 1.3 (default 1.2; below it needs "
+        "--allow-insecure-crypto)",
+        convert=str,
+        check=s.one_of(_TLS_VERSIONS),
+        choices=_TLS_VERSIONS,
+    )
+    tls_max_version: str | None = option(
+        None,
+        "tls-max-version",
+        "TLS",
+        "highest TLS version offered (default 1.3)",
+        convert=str,
+        check=s.one_of(_TLS_VERSIONS),
+        choices=_TLS_VERSIONS,
+    )
+    allow_insecure_crypto: bool = option(
+        False,
+        "allow-insecure-crypto",
+        "TLS",
+        "allow TLS 1.0 and 1.1 and OpenSSL security level 0 (SHA-1 signatures, small keys) "
+        "for old gateways, as openconnect's option",
+    )
     # -- session
     timeout_s: float = option(
         30.0,

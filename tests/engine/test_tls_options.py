@@ -112,3 +112,37 @@ def test_gateway_urls() -> None:
     assert parse_gateway_url("https://[::1]:443/").host_header == "[::1]"
     with pytest.raises(ValueError):
         parse_gateway_url("http://vpn.example.com/")
+
+
+# -- the offer (issue 14: the real client's TLS offer) -------------------------------------
+
+
+def test_default_offer_is_the_real_clients() -> None:
+    from loadgen.engine.tls import TlsOptions, build_client_context
+
+    names = {c["name"] for c in build_client_context(TlsOptions()).get_ciphers()}
+    # RSA key exchange and AES-CBC with SHA-1, as older ASA and ocserv settings need
+    for wanted in ("AES128-SHA", "AES256-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA"):
+        assert wanted in names, wanted
+    assert "ECDHE-ECDSA-AES256-GCM-SHA384" in names
+    assert not any("RC4" in n or "DES-CBC3" in n or "NULL" in n for n in names)
+
+
+def test_offer_restrictions_and_their_errors() -> None:
+    import ssl as _ssl
+
+    from loadgen.engine.tls import TlsOptions, build_client_context
+
+    ctx = build_client_context(TlsOptions(ciphers="ECDHE+AESGCM", max_version="1.2"))
+    assert ctx.maximum_version is _ssl.TLSVersion.TLSv1_2
+    # TLS 1.3 suites are OpenSSL's own; the string restricts 1.2 and below
+    below13 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    assert below13 and all(n.startswith("ECDHE") and "GCM" in n for n in below13)
+    with pytest.raises(ValueError, match="no cipher suite"):
+        build_client_context(TlsOptions(ciphers="NOTHING-KNOWN"))
+    with pytest.raises(ValueError, match="allow-insecure-crypto"):
+        build_client_context(TlsOptions(min_version="1.0"))
+    old = build_client_context(TlsOptions(min_version="1.0", allow_insecure_crypto=True))
+    assert old.minimum_version is _ssl.TLSVersion.TLSv1
+    with pytest.raises(ValueError, match="below"):
+        build_client_context(TlsOptions(min_version="1.3", max_version="1.2"))
