@@ -83,7 +83,9 @@ async def _spawn_all(
     procs: list[TrioChild | None] = [None] * n
     password = opts.password or ""
     # the other secrets stay off the command line too: the children's environment
-    env = {**os.environ, **secrets_env(opts)}
+    # (the password goes through stdin: an inherited LOADGEN_VPN_PASSWORD would clash)
+    env = {k: v for k, v in os.environ.items() if k != "LOADGEN_VPN_PASSWORD"}
+    env.update(secrets_env(opts))
     with tempfile.TemporaryDirectory(prefix="loadgen-run-") as tmp:
         expositions = [Path(tmp) / f"{k}.prom" for k in range(n)]
         async with trio.open_nursery() as nursery:

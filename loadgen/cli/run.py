@@ -290,16 +290,16 @@ async def _run_against(
         feeder = _feeder(args, opts)
         feeder.require(args.sessions if args.arrival_rate is None else 1)
         profile = SessionProfile(opts, url)
+        # the first identity's certificate and token, loaded before any traffic
+        _own(profile, feeder.get(0))
     except FeederError as exc:
         console.print(f"[red]{exc}[/red]")
         return EXIT_USAGE
-        # the first identity's certificate and token, loaded before any traffic
-        _own(profile, feeder.get(0))
     except (OSError, ssl.SSLError) as exc:
         console.print(f"[red]cannot set up TLS: {exc}[/red]")
         return EXIT_USAGE
     except ValueError as exc:  # CertificateError, a bad token secret, options together
-        console.print(f"[red]{exc}[/red]", markup=False)
+        console.print(str(exc), style="red", markup=False)
         return EXIT_USAGE
     if profile.tokens is not None:
         profile.tokens.on_wait = metrics.token_waited

@@ -245,6 +245,9 @@ class VpnSession:
             request = self._auth_step(flow, phase, resp)
             self.pre_login_banner = flow.pre_login_banner
         self.phases[phase] = trio.current_time() - started
+        if flow.url != self.url.url:
+            # a redirect on the same host to another path (the group-url)
+            self.url = parse_gateway_url(flow.url)
         self._complete = request
         self.banner = request.banner
         self.skipped_entries = request.skipped_entries
@@ -260,8 +263,11 @@ class VpnSession:
         gateway a redirect named (its cookies are not the old one's)."""
         try:
             target = parse_gateway_url(url)
-        except ValueError as exc:
-            raise SessionFailedError(phase, Reason.PROTOCOL, f"redirect: {exc}") from None
+        except ValueError:
+            # never quoted: the URL came from the gateway and may hold anything
+            raise SessionFailedError(
+                phase, Reason.PROTOCOL, "redirect to an unusable gateway URL"
+            ) from None
         if (target.host, target.port) != (self.url.host, self.url.port):
             self.jar = CookieJar()
         self.url = target

@@ -32,7 +32,7 @@ from loadgen.engine.limits import raise_nofile_limit
 from loadgen.engine.profile import SessionProfile
 from loadgen.engine.runner import SessionRunner
 from loadgen.engine.session import SessionConfig, VpnSession, open_session, translate
-from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.failures import FallbackReason, Phase, Reason, SessionFailedError
 from loadgen.locust.protocol import (
     CommandRejected,
     Configure,
@@ -243,7 +243,7 @@ class Sidecar:
                 key_password=cmd.key_password,
                 token_secret=cmd.token_secret,
             )
-        except ValueError as exc:  # CertificateError or a bad token secret: never quoting it
+        except (ValueError, OSError, ssl.SSLError) as exc:  # never quoting a secret
             await self._reject(cmd.seq, f"identity {cmd.username!r}: {exc}")
             return
         cfg = profile.config(
@@ -401,6 +401,8 @@ class Sidecar:
             )
             return
         fallback = tunnel.dtls_refused
+        if fallback is FallbackReason.DISABLED:
+            fallback = None  # --vpn-no-dtls: no DTLS phase at all
         if tunnel.dtls is not None:
             fallback = tunnel.dtls.report.fallback
         if fallback is not None:

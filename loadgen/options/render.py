@@ -161,7 +161,14 @@ def _given(namespace: Any, dest: str, spec: Spec, front: Front, default: Any) ->
     """The value given for ``dest``, or None when it was not given (Locust keeps
     the default it showed, which counts as not given)."""
     value = getattr(namespace, dest, None) if namespace is not None else None
-    if value is None and spec.env_var and spec.secret and front is not Front.LOCUST:
+    stdin = getattr(namespace, "password_stdin", False) is True
+    if (
+        value is None
+        and spec.env_var
+        and spec.secret
+        and front is not Front.LOCUST
+        and not (spec.name == "password" and stdin)
+    ):
         # Locust reads its env_var itself; the CLI takes secrets from the environment too
         value = os.environ.get(spec.env_var) or None
         if value is not None and spec.repeat:

@@ -258,6 +258,12 @@ class AuthFlow:
         except ProtocolError:
             self._state = _State.FAILED
             raise
+        except ValueError:
+            # urlsplit on a hostile Location or action (bad brackets, NFKC tricks)
+            self._state = _State.FAILED
+            raise RemoteProtocolError(
+                "the gateway sent an unusable URL (Location or form action)"
+            ) from None
         if isinstance(result, AuthComplete):
             self._state = _State.DONE
         return result
@@ -401,6 +407,10 @@ class AuthFlow:
         """A 3xx to a login POST: start over with ``init`` where it points (openconnect)."""
         target = urljoin(self._base_url, location)
         parts = urlsplit(target)
+        try:
+            parts.port  # noqa: B018 (raises for a port that is no number)
+        except ValueError:
+            raise RemoteProtocolError("redirect refused: the Location has no usable port") from None
         if parts.scheme != "https" or not parts.hostname:
             raise RemoteProtocolError(
                 f"redirect to {self._scrub(target)[:80]!r} refused: only https:// is followed"
@@ -426,7 +436,8 @@ class AuthFlow:
                 "the gateway asks for HostScan / Cisco Secure Desktop posture, not supported"
             )
         if form.method != "POST":
-            raise AuthUnsupportedError(f"form method {form.method[:20]!r} is not supported")
+            # never quoted: a gateway may echo anything there, our secrets included
+            raise AuthUnsupportedError("the form's method is not POST, which is not supported")
 
     def _action_path(self, action: str) -> str:
         """Resolve a form action against the gateway URL; stay on the same host."""

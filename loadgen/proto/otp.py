@@ -248,16 +248,17 @@ class TotpCodes:
         return int(now // self._step_s)
 
     def wait_s(self, now: float) -> float:
-        """0.0 when the current step is unused, else the seconds until the next step."""
+        """0.0 when the current step is later than any used, else the seconds until
+        the step after the last one used (a code taken ahead stays used)."""
         step = self._step(now)
-        if step != self._last_step:
+        if self._last_step is None or step > self._last_step:
             return 0.0
-        return (step + 1) * self._step_s - now
+        return (self._last_step + 1) * self._step_s - now
 
     def take(self, now: float) -> str:
         """The current step's code; the step is then used (LocalProtocolError if it was)."""
         step = self._step(now)
-        if step == self._last_step:
+        if self._last_step is not None and step <= self._last_step:
             raise LocalProtocolError("this TOTP step's code was already used; wait_s() first")
         self._last_step = step
         return self._totp.generate(step * self._step_s).decode("ascii")

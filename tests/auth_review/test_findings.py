@@ -1,4 +1,4 @@
-"""Review of issue 13: bugs found, each shown by a strict xfail (it passes once fixed)."""
+"""Review of issue 13: the bugs it found, each a test that failed before its fix."""
 
 from __future__ import annotations
 
@@ -50,11 +50,6 @@ def _flow() -> auth.AuthFlow:
     return flow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py _redirect/_action_path: urlsplit's ValueError escapes AuthFlow.receive "
-    "untyped (session ends as reason=internal, flow left WAITING)",
-)
 @pytest.mark.parametrize(
     ("where", "url"),
     [("location", "https://[gw/"), ("location", "https://gw\uff03x/"), ("action", "https://[gw/")],
@@ -68,11 +63,6 @@ def test_hostile_url_is_a_typed_protocol_error(where: str, url: str) -> None:
             flow.receive(200, _form(USER_PASS, action=url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py _check_supported quotes form.method unscrubbed; the parser upper-cases it, "
-    "so a gateway echoing the password puts it (upper-cased) into the failure message",
-)
 def test_form_method_echo_does_not_leak_the_password() -> None:
     flow = _flow()
     nxt = flow.receive(200, _form(USER_PASS))
@@ -82,11 +72,6 @@ def test_form_method_echo_does_not_leak_the_password() -> None:
     assert PASSWORD[:12].upper() not in str(info.value).upper()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokens.py code() takes the NEXT TOTP step; otp.py TotpCodes only remembers the "
-    "last step taken, so the next login in the current step reuses a code already sent",
-)
 def test_totp_never_hands_out_a_code_twice() -> None:
     clock = trio.testing.MockClock(autojump_threshold=0)
     base = 30.0 * 56_666_667 + 10
@@ -105,12 +90,6 @@ def test_totp_never_hands_out_a_code_twice() -> None:
     assert len(set(codes)) == 3, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render.py _given reads LOADGEN_VPN_PASSWORD for the CLI, then _check_together "
-    "refuses it with --password-stdin: every `run --processes` child (given --password-stdin "
-    "and the parent's environment) exits with a usage error",
-)
 def test_env_password_and_password_stdin_coexist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOADGEN_VPN_PASSWORD", "from-env")
     args = build_parser().parse_args(["run", "https://gw.example/", "--password-stdin"])
@@ -118,12 +97,6 @@ def test_env_password_and_password_stdin_coexist(monkeypatch: pytest.MonkeyPatch
     assert opts.password_stdin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py _run_against: `_own(profile, feeder.get(0))` sits after `return EXIT_USAGE` "
-    "(dead code), so a per-identity certificate that cannot load is a run of "
-    "connect/resource failures with exit 0, not a usage error",
-)
 def test_run_refuses_an_unloadable_certificate_pattern_before_traffic(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -138,12 +111,6 @@ def test_run_refuses_an_unloadable_certificate_pattern_before_traffic(tmp_path: 
     assert proc.returncode == 2, proc.stderr[-500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py _redirect never checks the port; session.py _move then quotes "
-    "parse_gateway_url's ValueError, which repeats the port text: a Location "
-    "https://gw:<password>/ puts the password into the SessionFailedError message",
-)
 def test_redirect_with_a_secret_in_the_port_never_quotes_it() -> None:
     from loadgen.engine.session import VpnSession
     from loadgen.failures import Phase, SessionFailedError
