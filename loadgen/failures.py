@@ -85,6 +85,11 @@ class FallbackReason(enum.StrEnum):
     DPD = "dpd"
     #: the gateway's DTLS answer cannot be used (a suite we did not offer)
     PROTOCOL = "protocol"
+    #: the CONNECT answer has no usable legacy DTLS parameters (e.g. ocserv dtls-legacy =
+    #: false, PSK-only DTLS, which Python's ssl cannot do)
+    NOT_OFFERED = "not_offered"
+    #: ``--no-dtls``: never asked for (not an attempt)
+    DISABLED = "disabled"
 
 
 class SessionFailedError(Exception):

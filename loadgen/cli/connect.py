@@ -199,7 +199,7 @@ def _session_report(report: dict[str, Any], session: VpnSession) -> None:
 
 
 def _dtls_report(tunnel: DataPath) -> dict[str, Any] | None:
-    if tunnel.dtls is None and tunnel.dtls_refused is None:
+    if tunnel.dtls is None and tunnel.dtls_refused is None:  # not started yet
         return None
     if tunnel.dtls is None:
         return {

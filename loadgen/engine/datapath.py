@@ -70,7 +70,12 @@ class DataPath:
         source_ip: str | None,
     ) -> None:
         self.cstp.start(nursery, leftover)
-        if dtls is None or master_secret is None or not self._dtls_answered():
+        if dtls is None or master_secret is None:
+            self.dtls_refused = FallbackReason.DISABLED
+            return
+        if not self._dtls_answered():
+            # the gateway gave no legacy DTLS session: the tunnel stays on CSTP, named
+            self.dtls_refused = FallbackReason.NOT_OFFERED
             return
         params = self.params
         assert params.dtls_session_id is not None and params.dtls_cipher is not None

@@ -68,6 +68,14 @@ class TunnelMeter:
         """Add what is new; returns (new DTLS attempts, new fallbacks)."""
         new_attempts = new_fallbacks = 0
         dtls = tunnel.dtls
+        refused = getattr(tunnel, "dtls_refused", None)
+        if dtls is None and refused is not None and refused != "disabled" and not self.attempts:
+            # DTLS asked for and not given: an attempt and its fallback, so the
+            # fallback ratio (fallbacks over attempts) stays within 0 and 1
+            metrics.dtls_attempt()
+            metrics.dtls_fallback(str(refused))
+            self.attempts, self.fallbacks = 1, 1
+            new_attempts = new_fallbacks = 1
         if dtls is not None:
             report = dtls.report
             new_attempts = report.attempts - self.attempts
