@@ -36,6 +36,9 @@ class MeteredTunnel(Protocol):
 
     @property
     def dtls(self) -> DtlsChannelLike | None: ...
+    #: why there is no DTLS channel (not offered, disabled, unusable); None: there is one
+    @property
+    def dtls_refused(self) -> FallbackReason | None: ...
     def traffic(self) -> dict[str, tuple[int, int, int, int]]: ...
 
 
@@ -68,8 +71,8 @@ class TunnelMeter:
         """Add what is new; returns (new DTLS attempts, new fallbacks)."""
         new_attempts = new_fallbacks = 0
         dtls = tunnel.dtls
-        refused = getattr(tunnel, "dtls_refused", None)
-        if dtls is None and refused is not None and refused != "disabled" and not self.attempts:
+        refused = tunnel.dtls_refused
+        if dtls is None and refused not in (None, FallbackReason.DISABLED) and not self.attempts:
             # DTLS asked for and not given: an attempt and its fallback, so the
             # fallback ratio (fallbacks over attempts) stays within 0 and 1
             metrics.dtls_attempt()

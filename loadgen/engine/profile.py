@@ -22,7 +22,7 @@ from loadgen.engine.tokens import TokenBank
 from loadgen.engine.url import parse_gateway_url
 from loadgen.options import ClientOptions, DownloadMode
 from loadgen.proto.auth import parse_form_entry
-from loadgen.proto.otp import TokenMode
+from loadgen.proto.otp import TokenMode, parse_token_secret
 
 __all__ = ["EchoPlan", "SessionProfile", "dtls_options", "tls_options"]
 
@@ -110,7 +110,7 @@ class SessionProfile:
         self.tokens = None if opts.token_mode is None else TokenBank(TokenMode(opts.token_mode))
         if self.tokens is not None and opts.token_secret is not None:
             # a bad secret is the test's configuration: say so before any traffic
-            TokenBank(self.tokens.mode).for_user("check", opts.token_secret)
+            parse_token_secret(opts.token_secret, mode=self.tokens.mode)
         shared = opts.certificate is not None and not _per_identity(opts)
         cert = self.certificate(1, opts.username(1)) if shared else None
         #: the context of sessions without a certificate of their own

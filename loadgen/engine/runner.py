@@ -32,7 +32,7 @@ import trio
 from loadgen.engine.echo import EchoResult
 from loadgen.engine.meter import DtlsChannelLike, TunnelMeter
 from loadgen.engine.session import SessionConfig, translate
-from loadgen.failures import Phase, Reason, SessionFailedError
+from loadgen.failures import FallbackReason, Phase, Reason, SessionFailedError
 from loadgen.proto.cstp import DisconnectReason
 
 __all__ = [
@@ -125,6 +125,8 @@ class RunnerTunnel(Protocol):
     def ended(self) -> SessionFailedError | None: ...
     @property
     def dtls(self) -> DtlsChannelLike | None: ...
+    @property
+    def dtls_refused(self) -> FallbackReason | None: ...
     def traffic(self) -> dict[str, tuple[int, int, int, int]]: ...
     async def echo(
         self,

@@ -48,6 +48,7 @@ class FakeTunnel:
         self.channel = "dtls"
         self.ended: SessionFailedError | None = None
         self.dtls: _Dtls | None = _Dtls()
+        self.dtls_refused: FallbackReason | None = None
         self.on_channel: Callable[[str, str], None] | None = None
         self.on_end: Callable[[], None] | None = None
         self.sent = [0, 0]

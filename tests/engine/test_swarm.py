@@ -96,6 +96,7 @@ class FakeTunnel:
         self.channel = "cstp"
         self.ended: SessionFailedError | None = None
         self.dtls: FakeDtls | None = FakeDtls()
+        self.dtls_refused: FallbackReason | None = None
         self.on_channel: Callable[[str, str], None] | None = None
         self.on_end: Callable[[], None] | None = None
         self.counters = {"cstp": [0, 0, 0, 0], "dtls": [0, 0, 0, 0]}
