@@ -264,8 +264,9 @@ async def test_login_redirect_moves_connect_to_the_gateway_that_issued_the_cooki
     assert front.requests == ["POST /"]
     assert target.script.requests[0] == "POST /engineering"
     assert any(r.startswith("CONNECT") for r in target.script.requests)
-    assert b"<group-access>" + target.url.encode() + b"engineering</group-access>" in (
-        target.script.inits[0]
+    assert (
+        b"<group-access>" + target.url.encode() + b"engineering</group-access>"
+        in (target.script.inits[0])
     )
 
 
